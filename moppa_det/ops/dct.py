@@ -1,0 +1,99 @@
+"""Orthonormal 2-D DCT-II and its inverse on the last two axes, with cached bases.
+
+C_N[n, x] = s_n * cos(pi * n * (x + 1/2) / N), s_0 = sqrt(1/N), s_n = sqrt(2/N) is orthogonal,
+so the inverse transform is its transpose. A 2-D transform is two matmuls: X_hat = C_H X C_W^T.
+
+Detection batches change size every step, so the bases are cached per (N, device, dtype) in a
+bounded LRU cache instead of being stored as module buffers (which would also end up in
+checkpoints).
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+
+# Enough for every distinct side length of a multi-scale detection run with room to spare;
+# one 200x200 fp32 basis is 160 kB.
+_CACHE_SIZE = 128
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def dct_matrix(n: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Returns the orthonormal DCT-II matrix C_N.
+
+    Built in float64 and cast, so that the orthogonality error stays at the target dtype's
+    rounding level.
+
+    Args:
+        n: Transform length N >= 1.
+        device: Device of the result.
+        dtype: Dtype of the result.
+
+    Returns:
+        Tensor of shape (N, N); row n holds the n-th cosine basis vector.
+    """
+    if n < 1:
+        raise ValueError(f'DCT length must be >= 1, got {n}')
+    freq = torch.arange(n, dtype=torch.float64)[:, None]
+    pos = torch.arange(n, dtype=torch.float64)[None, :] + 0.5
+    basis = torch.cos(math.pi * freq * pos / n) * math.sqrt(2.0 / n)
+    basis[0] /= math.sqrt(2.0)
+    return basis.to(device=device, dtype=dtype)
+
+
+@lru_cache(maxsize=_CACHE_SIZE)
+def laplacian_eigenvalues(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """Returns lambda = omega_n^2 + omega_m^2, the spectrum of -Laplacian (Neumann boundary).
+
+    Args:
+        h: Grid height H.
+        w: Grid width W.
+        device: Device of the result.
+
+    Returns:
+        Float32 tensor of shape (H, W) with lambda[0, 0] = 0.
+    """
+    omega_h = math.pi * torch.arange(h, dtype=torch.float64) / h
+    omega_w = math.pi * torch.arange(w, dtype=torch.float64) / w
+    lam = omega_h[:, None] ** 2 + omega_w[None, :] ** 2
+    return lam.to(device=device, dtype=torch.float32)
+
+
+def dct2(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal 2-D DCT-II over the last two axes.
+
+    Args:
+        x: Tensor of shape (..., H, W).
+
+    Returns:
+        Spectrum of shape (..., H, W) in the dtype of ``x``.
+    """
+    h, w = x.shape[-2:]
+    c_h = dct_matrix(h, x.device, x.dtype)
+    c_w = dct_matrix(w, x.device, x.dtype)
+    return c_h @ x @ c_w.T
+
+
+def idct2(x_hat: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`dct2` over the last two axes.
+
+    Args:
+        x_hat: Spectrum of shape (..., H, W).
+
+    Returns:
+        Tensor of shape (..., H, W) in the dtype of ``x_hat``.
+    """
+    h, w = x_hat.shape[-2:]
+    c_h = dct_matrix(h, x_hat.device, x_hat.dtype)
+    c_w = dct_matrix(w, x_hat.device, x_hat.dtype)
+    return c_h.T @ x_hat @ c_w
+
+
+
+
+def clear_cache() -> None:
+    """Empties the basis and eigenvalue caches (e.g. after moving work to another device)."""
+    dct_matrix.cache_clear()
+    laplacian_eigenvalues.cache_clear()
