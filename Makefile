@@ -9,13 +9,13 @@ env:
 	@bash tools/setup_env.sh
 
 test: env
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" tests
 
 test-slow: env
 	$(PY) -m pytest -q -m slow tests
 
 demo: env
-	@bash tools/demo.sh
+	$(PY) tools/demo.py
 
 clean-env:
 	rm -rf $(VENV)

@@ -1,0 +1,11 @@
+"""Training-time machinery: safe checkpoint loading, optimizer constructor, hooks."""
+from . import hooks  # noqa: F401  (registration)
+from .optim_constructor import TrainableOptimWrapperConstructor
+from .parameter_report import parameter_table, trainable_summary
+from .safe_checkpoint import install_safe_checkpoint_loader
+from .trainable_state import strip_frozen_weights
+
+install_safe_checkpoint_loader()
+
+__all__ = ['install_safe_checkpoint_loader', 'TrainableOptimWrapperConstructor',
+           'parameter_table', 'trainable_summary', 'strip_frozen_weights']

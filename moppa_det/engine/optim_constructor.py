@@ -1,0 +1,34 @@
+"""An optimizer wrapper constructor that sees only the trainable parameters."""
+from __future__ import annotations
+
+from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS
+from mmengine.optim import DefaultOptimWrapperConstructor
+from torch import nn
+
+from ..ops import PhysicalPriors
+
+
+@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
+class TrainableOptimWrapperConstructor(DefaultOptimWrapperConstructor):
+    """MMEngine's default constructor, restricted to parameters with ``requires_grad``.
+
+    - Modules without trainable parameters (the frozen timm model) are skipped whole, so
+      neither the optimizer nor the log sees the frozen backbone (the default constructor
+      warns once per frozen parameter).
+    - The units' physical parameters (k, c, t and the source map) get no weight decay, and
+      ``paramwise_cfg`` defaults to ``norm_decay_mult=0`` (no decay on norms).
+    """
+
+    def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
+        super().__init__(optim_wrapper_cfg, paramwise_cfg or dict(norm_decay_mult=0.0))
+
+    def add_params(self, params: list[dict], module: nn.Module, prefix: str = '',
+                   is_dcn_module: int | float | None = None) -> None:
+        if not any(p.requires_grad for p in module.parameters()):
+            return
+        if isinstance(module, PhysicalPriors):
+            for param in module.parameters():
+                if param.requires_grad:
+                    params.append(dict(params=[param], weight_decay=0.0))
+            return
+        super().add_params(params, module, prefix, is_dcn_module)

@@ -1,0 +1,105 @@
+"""Building timm models with their pre-trained weights, and explaining every way that can fail."""
+from __future__ import annotations
+
+import difflib
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+
+class BackboneBuildError(ValueError):
+    """A timm backbone could not be built as configured; the message says why."""
+
+
+def check_model_name(model_name: str, family: str) -> None:
+    """Raises :class:`BackboneBuildError` for a name timm does not know, with close names.
+
+    Args:
+        model_name: A timm architecture name, optionally with a pretrained tag ('.tag').
+        family: 'vit' or 'swin'; only used to rank suggestions.
+    """
+    architecture = model_name.split('.')[0]
+    if timm.is_model(architecture):
+        return
+    known = timm.list_models()
+    close = difflib.get_close_matches(architecture, known, n=5, cutoff=0.5)
+    if not close:
+        close = [name for name in known if name.startswith(family)][:5]
+    raise BackboneBuildError(f'unknown timm model name {model_name!r}. '
+                             f'Close names: {", ".join(close)}.')
+
+
+def create_timm_model(model_name: str, pretrained: bool, checkpoint: str | None,
+                      expected_type: type[nn.Module], **kwargs: Any) -> nn.Module:
+    """Creates a headless timm model with weights from timm's source or a local file.
+
+    A local ``checkpoint`` (.safetensors or .pth) goes through timm's own loader and checkpoint
+    filter, so position embeddings and patch embeddings are resampled to the model as built.
+
+    Args:
+        model_name: timm model name.
+        pretrained: Fetch timm's default weights for the name (needs network access).
+        checkpoint: Path of a local weight file; takes precedence over ``pretrained``.
+        expected_type: The timm class the wrapper supports (VisionTransformer, SwinTransformer).
+        **kwargs: Passed to ``timm.create_model``.
+
+    Returns:
+        The model, with ``num_classes=0``.
+
+    Raises:
+        BackboneBuildError: for an unknown name, a model of another family, weights that cannot
+            be fetched, or a checkpoint whose keys or shapes do not fit.
+        FileNotFoundError: when ``checkpoint`` does not exist.
+    """
+    family = 'swin' if 'Swin' in expected_type.__name__ else 'vit'
+    check_model_name(model_name, family)
+    load_kwargs: dict[str, Any] = dict(pretrained=pretrained)
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f'backbone checkpoint {str(path)!r} does not exist')
+        load_kwargs = dict(pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    try:
+        model = timm.create_model(model_name, num_classes=0, **load_kwargs, **kwargs)
+    except RuntimeError as error:
+        if checkpoint is not None:
+            raise BackboneBuildError(
+                f'checkpoint {checkpoint!r} does not fit timm model {model_name!r}: '
+                f'{_summarise_load_error(error)}') from error
+        raise
+    except (OSError, ValueError) as error:
+        if pretrained and checkpoint is None:
+            raise BackboneBuildError(
+                f'could not fetch the pre-trained weights of {model_name!r} from timm\'s source '
+                f'({type(error).__name__}: {error}). Without network access, give a local file '
+                'with checkpoint=PATH (e.g. --cfg-options model.backbone.checkpoint=PATH).'
+            ) from error
+        raise
+    if not isinstance(model, expected_type):
+        raise BackboneBuildError(f'timm model {model_name!r} is a {type(model).__name__}, not a '
+                                 f'{expected_type.__name__}; use the matching backbone type.')
+    return model
+
+
+def _summarise_load_error(error: RuntimeError, limit: int = 8) -> str:
+    """Shortens torch's load_state_dict error to its first lines (missing/unexpected keys)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = ' '.join(lines[:limit])
+    return text if len(text) < 1500 else text[:1500] + ' ...'
+
+
+def weights_sha256(module: nn.Module) -> str:
+    """sha256 of a module's state dict (names, shapes, dtypes and values), in key order.
+
+    Used as the identity of a frozen backbone in adapter-only checkpoints.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f'{name}:{tuple(tensor.shape)}:{tensor.dtype}'.encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

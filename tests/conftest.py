@@ -1,0 +1,26 @@
+"""Shared fixtures: tiny timm backbones that build in milliseconds on a CPU."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # tools/ is imported by some tests
+    sys.path.insert(0, str(REPO_ROOT))
+
+# DINOv2-style ViT (patch 14, 4 register tokens, LayerScale), shrunk. LayerScale starts at 1
+# (timm's random init uses 1e-5, which would hide the attention branch and so the units).
+TINY_VIT = dict(model_name='vit_small_patch14_reg4_dinov2', img_size=56,
+                model_kwargs=dict(depth=2, embed_dim=32, num_heads=2, init_values=1.0))
+# Plain ViT (patch 16, class token), shrunk.
+TINY_PLAIN_VIT = dict(model_name='vit_base_patch16_224', img_size=64,
+                      model_kwargs=dict(depth=2, embed_dim=32, num_heads=2))
+# Swin v1, shrunk: stage widths 16, 32, 64, 128.
+TINY_SWIN = dict(model_name='swin_tiny_patch4_window7_224', img_size=64,
+                 model_kwargs=dict(embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 2)))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,153 @@
+"""Configs parse and build; MoPPAMaskRCNN runs loss / predict / tensor; optimizer and hooks."""
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO_ROOT, TINY_SWIN, TINY_VIT
+from mmdet.registry import MODELS
+from mmdet.testing import demo_mm_inputs
+from mmdet.utils import register_all_modules
+from mmengine.config import Config
+from mmengine.optim import build_optim_wrapper
+
+import moppa_det  # noqa: F401
+from moppa_det.engine import parameter_table, strip_frozen_weights, trainable_summary
+
+register_all_modules()
+CONFIGS = sorted(p for p in (REPO_ROOT / 'configs').rglob('*.py') if '_base_' not in p.parts)
+TINY_BACKBONES = {'MoPPAViT': dict(TINY_VIT, feature_stride=16), 'MoPPASwin': TINY_SWIN}
+
+
+def tiny_model_cfg(config_path: Path, num_classes: int = 3):
+    """The model of a real config with its backbone shrunk and its heads narrowed."""
+    cfg = Config.fromfile(str(config_path))
+    model = cfg.model
+    model.backbone.update(pretrained=False, checkpoint=None,
+                          **TINY_BACKBONES[model.backbone.type])
+    model.neck.in_channels = 32 if model.backbone.type == 'MoPPAViT' else [16, 32, 64, 128]
+    model.roi_head.bbox_head.num_classes = num_classes
+    model.roi_head.mask_head.num_classes = num_classes
+    return cfg, model
+
+
+def build_tiny(config_name: str):
+    cfg, model_cfg = tiny_model_cfg(REPO_ROOT / 'configs' / config_name)
+    model = MODELS.build(model_cfg)
+    model.init_weights()
+    return cfg, model
+
+
+def test_configs_exist():
+    names = {p.name for p in CONFIGS}
+    assert {'mask_rcnn_vit_moppa.py', 'mask_rcnn_swin_moppa.py'} <= names
+
+
+@pytest.mark.parametrize('config_path', CONFIGS, ids=lambda p: p.name)
+def test_every_config_parses_and_builds(config_path):
+    cfg, model_cfg = tiny_model_cfg(config_path)
+    assert cfg.custom_imports['imports'] == ['moppa_det']
+    assert cfg.optim_wrapper.constructor == 'TrainableOptimWrapperConstructor'
+    model = MODELS.build(model_cfg)
+    assert not any(p.requires_grad for p in model.backbone.model.parameters())
+
+
+@pytest.mark.parametrize('config_name', ['mask_rcnn_vit_moppa.py', 'mask_rcnn_swin_moppa.py'])
+def test_loss_predict_tensor_modes(config_name):
+    _, model = build_tiny(config_name)
+    packed = demo_mm_inputs(2, [(3, 96, 128), (3, 128, 96)], num_classes=3, with_mask=True)
+    data = model.data_preprocessor(packed, True)
+    losses = model.forward(**data, mode='loss')
+    for key in ('loss_rpn_cls', 'loss_cls', 'loss_bbox', 'loss_mask', 'loss_route'):
+        assert key in losses, key
+    assert 'route_u0_heat' in losses and 'route_entropy' in losses
+    stats = [k for k in losses if k.startswith('route_')]
+    assert not any('loss' in k for k in stats), 'logged statistics must not be summed'
+    parsed, log_vars = model.parse_losses(losses)
+    assert torch.isfinite(parsed)
+    parsed.backward()
+    assert model.backbone.units['0'].up.weight.grad.abs().sum() > 0
+
+    model.eval()
+    data = model.data_preprocessor(packed, False)
+    with torch.no_grad():
+        predictions = model.forward(**data, mode='predict')
+        features = model.forward(**data, mode='tensor')
+    assert len(predictions) == 2 and hasattr(predictions[0].pred_instances, 'masks')
+    assert isinstance(features, tuple)
+
+
+def test_every_trainable_parameter_gets_a_gradient_after_one_step():
+    cfg, model = build_tiny('mask_rcnn_vit_moppa.py')
+    optim = build_optim_wrapper(model, cfg.optim_wrapper)
+    packed = demo_mm_inputs(2, (3, 128, 128), num_classes=3, with_mask=True)
+    for _ in range(2):  # step 1 makes the zero-init up-projections non-zero
+        data = model.data_preprocessor(packed, True)
+        loss, _ = model.parse_losses(model.forward(**data, mode='loss'))
+        optim.update_params(loss)
+    data = model.data_preprocessor(packed, True)
+    loss, _ = model.parse_losses(model.forward(**data, mode='loss'))
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, f'unused trainable parameters break DDP: {missing}'
+
+
+def test_route_loss_weight_follows_config():
+    cfg, model_cfg = tiny_model_cfg(REPO_ROOT / 'configs' / 'mask_rcnn_vit_moppa.py')
+    model_cfg.route_reg = dict(weight=0.0)
+    model = MODELS.build(model_cfg)
+    packed = demo_mm_inputs(1, (3, 64, 64), num_classes=3, with_mask=True)
+    losses = model.forward(**model.data_preprocessor(packed, True), mode='loss')
+    assert losses['loss_route'] == 0
+    model_cfg.route_reg = dict(wieght=1.0)
+    with pytest.raises(ValueError, match="unknown key 'wieght'"):
+        MODELS.build(model_cfg)
+
+
+def test_neck_that_does_not_fit_backbone_is_explained():
+    _, model_cfg = tiny_model_cfg(REPO_ROOT / 'configs' / 'mask_rcnn_vit_moppa.py')
+    model_cfg.neck.in_channels = 768
+    with pytest.raises(ValueError, match=r'model.neck.in_channels=768 .*out_channels=\[32\]'):
+        MODELS.build(model_cfg)
+
+
+def test_optimizer_sees_only_trainable_parameters(caplog):
+    cfg, model = build_tiny('mask_rcnn_swin_moppa.py')
+    with caplog.at_level(logging.WARNING):
+        optim = build_optim_wrapper(model, cfg.optim_wrapper)
+    in_optimizer = {id(p) for g in optim.optimizer.param_groups for p in g['params']}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert in_optimizer == trainable
+    assert 'requires_grad=False' not in caplog.text
+    physical = {id(p) for unit in model.backbone.units.values() for p in unit.priors.parameters()}
+    norms = {id(p) for m in model.modules() if isinstance(m, torch.nn.LayerNorm)
+             for p in m.parameters() if p.requires_grad}
+    for group in optim.optimizer.param_groups:
+        for param in group['params']:
+            if id(param) in physical | norms:
+                assert group['weight_decay'] == 0.0
+    assert max(g['weight_decay'] for g in optim.optimizer.param_groups) == 0.05
+
+
+def test_parameter_report():
+    _, model = build_tiny('mask_rcnn_vit_moppa.py')
+    table = parameter_table(model)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    assert f'trainable params: {trainable:,} || all params: {total:,} || trainable%: ' \
+           f'{100 * trainable / total:.4f}' == trainable_summary(model)
+    units = sum(p.numel() for p in model.backbone.units.parameters())
+    assert any(line.startswith('MoPPA units') and f'{units:,}' in line
+               for line in table.splitlines())
+    assert 'backbone (frozen)' in table and 'neck' in table and 'heads' in table
+
+
+def test_trainable_only_checkpoint_reloads_strictly():
+    _, model = build_tiny('mask_rcnn_vit_moppa.py')
+    checkpoint = {'state_dict': model.state_dict(), 'meta': {}}
+    dropped = strip_frozen_weights(checkpoint)
+    frozen = len(model.backbone.model.state_dict())
+    assert dropped == frozen
+    assert not any(k.startswith('backbone.model.') for k in checkpoint['state_dict'])
+    assert 'backbone._extra_state' in checkpoint['state_dict']
+    model.load_state_dict(checkpoint['state_dict'], strict=True)
