@@ -16,7 +16,8 @@ from moppa_det.engine import parameter_table, strip_frozen_weights, trainable_su
 
 register_all_modules()
 CONFIGS = sorted(p for p in (REPO_ROOT / 'configs').rglob('*.py') if '_base_' not in p.parts)
-TINY_BACKBONES = {'MoPPAViT': dict(TINY_VIT, feature_stride=16), 'MoPPASwin': TINY_SWIN}
+TINY_BACKBONES = {'MoPPAViT': dict(TINY_VIT, feature_stride=16, unit_blocks=None),
+                  'MoPPASwin': dict(TINY_SWIN, unit_blocks=None)}
 
 
 def tiny_model_cfg(config_path: Path, num_classes: int = 3):

@@ -131,3 +131,13 @@ def test_additive_source_starts_at_zero():
     expected = idct2(PhysicalPriors(2, priors=('poisson',))(z))
     torch.testing.assert_close(idct2(priors(z)), expected)
     assert math.isclose(priors.source.abs().sum().item(), 0.0)
+
+
+def test_bases_first_built_under_inference_mode_still_train():
+    from moppa_det.ops import clear_cache
+    clear_cache()
+    priors = PhysicalPriors(2, source_size=(3, 3))
+    with torch.inference_mode():
+        priors(torch.randn(1, 2, 11, 13))
+    priors(torch.randn(1, 2, 11, 13)).sum().backward()
+    assert priors.raw_t.grad is not None

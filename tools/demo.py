@@ -68,9 +68,12 @@ def prepare_weights() -> str | None:
 
 
 def latest_scalars(run_dir: Path, key: str) -> dict:
-    """The last record holding ``key`` in the newest vis_data/scalars.json under ``run_dir``."""
-    for scalars in sorted(run_dir.glob('*/vis_data/scalars.json'),
-                          key=lambda p: p.stat().st_mtime, reverse=True):
+    """The last record holding ``key`` in the newest scalar log under ``run_dir``.
+
+    Training runs log to <timestamp>/vis_data/scalars.json, test runs to <timestamp>/<timestamp>.json.
+    """
+    logs = [*run_dir.glob('*/vis_data/scalars.json'), *run_dir.glob('*/*.json')]
+    for scalars in sorted(logs, key=lambda p: p.stat().st_mtime, reverse=True):
         records = [json.loads(line) for line in scalars.read_text().splitlines()]
         records = [r for r in records if key in r]
         if records:

@@ -21,6 +21,9 @@ model = dict(
         pretrained=False,
         checkpoint=vit_weights,
         feature_stride=16,     # 256 px -> 16x16 tokens (the image is resized by 14/16)
+        # CPU budget: units in the last 4 of 12 blocks, so the backward pass stops there
+        # (the COCO configs put one in every block, as the paper does).
+        unit_blocks=[8, 9, 10, 11],
         drop_path_rate=0.0),
     neck=dict(in_channels=384, out_channels=fpn_width),
     rpn_head=dict(

@@ -36,11 +36,14 @@ def dct_matrix(n: int, device: torch.device, dtype: torch.dtype = torch.float32)
     """
     if n < 1:
         raise ValueError(f'DCT length must be >= 1, got {n}')
-    freq = torch.arange(n, dtype=torch.float64)[:, None]
-    pos = torch.arange(n, dtype=torch.float64)[None, :] + 0.5
-    basis = torch.cos(math.pi * freq * pos / n) * math.sqrt(2.0 / n)
-    basis[0] /= math.sqrt(2.0)
-    return basis.to(device=device, dtype=dtype)
+    # A cached tensor first built under inference_mode would be an inference tensor, which
+    # autograd refuses to save in any later training forward.
+    with torch.inference_mode(False):
+        freq = torch.arange(n, dtype=torch.float64)[:, None]
+        pos = torch.arange(n, dtype=torch.float64)[None, :] + 0.5
+        basis = torch.cos(math.pi * freq * pos / n) * math.sqrt(2.0 / n)
+        basis[0] /= math.sqrt(2.0)
+        return basis.to(device=device, dtype=dtype)
 
 
 @lru_cache(maxsize=_CACHE_SIZE)
@@ -55,10 +58,11 @@ def laplacian_eigenvalues(h: int, w: int, device: torch.device) -> torch.Tensor:
     Returns:
         Float32 tensor of shape (H, W) with lambda[0, 0] = 0.
     """
-    omega_h = math.pi * torch.arange(h, dtype=torch.float64) / h
-    omega_w = math.pi * torch.arange(w, dtype=torch.float64) / w
-    lam = omega_h[:, None] ** 2 + omega_w[None, :] ** 2
-    return lam.to(device=device, dtype=torch.float32)
+    with torch.inference_mode(False):  # see dct_matrix
+        omega_h = math.pi * torch.arange(h, dtype=torch.float64) / h
+        omega_w = math.pi * torch.arange(w, dtype=torch.float64) / w
+        lam = omega_h[:, None] ** 2 + omega_w[None, :] ** 2
+        return lam.to(device=device, dtype=torch.float32)
 
 
 def dct2(x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ The spectral path runs in float32 even under autocast; the output has the input'
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ...ops import PhysicalPriors, idct2
@@ -75,7 +76,7 @@ class MoPPAUnit(nn.Module):
             Tensor of the shape and dtype of ``x``: x + s * Delta(x).
         """
         if x.dim() == 4:
-            return x + self.config.scale * self.delta(x)
+            return torch.add(x, self.delta(x), alpha=self.config.scale)
         if x.dim() != 3 or grid is None:
             raise ValueError('MoPPAUnit expects (B, H, W, D) maps, or (B, N, D) tokens with '
                              f'their grid; got shape {tuple(x.shape)} and grid={grid}')
@@ -84,9 +85,11 @@ class MoPPAUnit(nn.Module):
         if n != num_prefix_tokens + h * w:
             raise ValueError(f'MoPPAUnit: {n} tokens do not match {num_prefix_tokens} prefix '
                              f'tokens + a {h}x{w} grid')
-        prefix, patches = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
+        patches = x[:, num_prefix_tokens:] if num_prefix_tokens else x
         delta = self.delta(patches.reshape(b, h, w, d)).reshape(b, h * w, d)
-        return torch.cat([prefix, patches + self.config.scale * delta], dim=1)
+        if num_prefix_tokens:  # zero update for the prefix tokens, without slicing x apart
+            delta = F.pad(delta, (0, 0, num_prefix_tokens, 0))
+        return torch.add(x, delta, alpha=self.config.scale)
 
     def delta(self, a: torch.Tensor) -> torch.Tensor:
         """The unit's update Delta(a) of a map.
