@@ -8,6 +8,7 @@ from conftest import TINY_PLAIN_VIT, TINY_SWIN, TINY_VIT
 
 from moppa_det.models.backbones import (BackboneBuildError, BackboneCheckpointMismatch,
                                         MoPPASwin, MoPPAViT)
+from moppa_det.models.backbones.meta import decode_meta, encode_meta
 
 
 def make_vit(**overrides):
@@ -217,6 +218,33 @@ def test_adapter_only_state_dict_for_other_weights_is_refused():
     with pytest.raises(BackboneCheckpointMismatch, match='sha256'):
         other.load_state_dict(trainable_only(trained.state_dict()))
     swapped = trainable_only(trained.state_dict())
-    swapped['_extra_state'] = {**swapped['_extra_state'], 'model_name': 'vit_large_patch14_dinov2'}
+    swapped['_extra_state'] = encode_meta({**decode_meta(swapped['_extra_state']),
+                                           'model_name': 'vit_large_patch14_dinov2'})
     with pytest.raises(BackboneCheckpointMismatch, match="made for backbone 'vit_large"):
         trained.load_state_dict(swapped)
+
+
+@pytest.mark.parametrize('factory', [make_vit, make_swin])
+def test_bfloat16_autocast_backbone(factory):
+    reference = factory()
+    perturb_units(reference)
+    fast = factory(autocast_dtype='bfloat16')
+    fast.load_state_dict(reference.state_dict())
+    x = torch.randn(1, 3, 64, 96)
+    for ours, theirs in zip(fast(x), reference(x)):
+        assert ours.dtype == torch.float32
+        assert (ours - theirs).norm() < 0.05 * theirs.norm()
+    sum(o.sum() for o in fast(x)).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all()
+               for p in fast.units.parameters())
+    with pytest.raises(ValueError, match="autocast_dtype='fp8'"):
+        factory(autocast_dtype='fp8')
+
+
+def test_state_dict_holds_only_tensors():
+    """MMEngine broadcasts the state dict under DDP: it accepts tensors only."""
+    backbone = make_vit()
+    state = backbone.state_dict()
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    meta = decode_meta(state['_extra_state'])
+    assert meta['model_name'] == TINY_VIT['model_name'] and len(meta['weights_sha256']) == 64

@@ -10,9 +10,15 @@ import os
 import warnings
 from copy import deepcopy
 
-# ``python tools/test.py`` puts tools/ on sys.path: the shared helpers live in train.py,
-# whose import also puts the repository root on sys.path and imports moppa_det.
-from train import add_common_args, build_runner, load_config
+import os.path as osp
+import sys
+
+REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)  # so that ``import moppa_det`` finds this clone
+
+import moppa_det  # noqa: E402,F401  (registrations, safe checkpoint loading)
+from moppa_det.engine.launch import add_common_args, build_runner, load_config  # noqa: E402
 
 from mmengine.config import Config, ConfigDict
 

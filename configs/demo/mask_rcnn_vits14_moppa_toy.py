@@ -24,6 +24,7 @@ model = dict(
         # CPU budget: units in the last 4 of 12 blocks, so the backward pass stops there
         # (the COCO configs put one in every block, as the paper does).
         unit_blocks=[8, 9, 10, 11],
+        autocast_dtype='bfloat16',  # frozen features in bf16: 3-4x faster on AVX512-BF16 CPUs
         drop_path_rate=0.0),
     neck=dict(in_channels=384, out_channels=fpn_width),
     rpn_head=dict(

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..models.backbones.meta import decode_meta
+
 EXTRA_STATE = '_extra_state'
 
 
@@ -14,7 +16,8 @@ def frozen_prefixes(state_dict: dict[str, Any]) -> list[str]:
     """
     prefixes = []
     for key, value in state_dict.items():
-        if key.endswith(EXTRA_STATE) and isinstance(value, dict) and 'weights_sha256' in value:
+        meta = decode_meta(value) if key.endswith(EXTRA_STATE) else None
+        if meta is not None and 'weights_sha256' in meta:
             prefixes.append(key[:-len(EXTRA_STATE)] + 'model.')
     return prefixes
 

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..moppa import MoPPAConfig, MoPPAUnit
+from .meta import decode_meta, encode_meta
 from .timm_factory import create_timm_model, weights_sha256
 
 META_VERSION = 1
@@ -43,6 +44,10 @@ class TimmMoPPABackbone(BaseModule):
         unit_blocks: Indices (over all blocks, in order) of the blocks that get a unit;
             ``None``: every block.
         with_cp: Non-reentrant activation checkpointing of every block.
+        autocast_dtype: Run the backbone under ``torch.autocast`` with this dtype ('bfloat16'
+            or 'float16'; the units' spectral path stays float32); outputs are float32. Frozen
+            features in bfloat16 are 3-4x faster on CPUs with AVX512-BF16, where MMEngine's
+            AMP wrapper is not available.
         model_kwargs: Extra keyword arguments for ``timm.create_model`` (e.g. a smaller depth).
         init_cfg: Must be ``None``: the timm weights come from ``pretrained``/``checkpoint``.
     """
@@ -51,14 +56,18 @@ class TimmMoPPABackbone(BaseModule):
 
     def __init__(self, model_name: str, pretrained: bool = False, checkpoint: str | None = None,
                  moppa: dict[str, Any] | None = None, unit_blocks: list[int] | None = None,
-                 with_cp: bool = False, model_kwargs: dict[str, Any] | None = None,
-                 init_cfg: dict | None = None) -> None:
+                 with_cp: bool = False, autocast_dtype: str | None = None,
+                 model_kwargs: dict[str, Any] | None = None, init_cfg: dict | None = None) -> None:
         if init_cfg is not None:
             raise ValueError('init_cfg is not supported by MoPPA backbones: they load their '
                              'weights when built (use pretrained=True or checkpoint=PATH).')
         super().__init__()
         self.model_name = model_name
         self.with_cp = with_cp
+        if autocast_dtype not in (None, 'bfloat16', 'float16'):
+            raise ValueError(f"autocast_dtype={autocast_dtype!r}: use None, 'bfloat16' or "
+                             "'float16'")
+        self.autocast_dtype = getattr(torch, autocast_dtype) if autocast_dtype else None
         self.model = create_timm_model(model_name, pretrained, checkpoint, self.timm_class,
                                        **(model_kwargs or {}))
         self.model.requires_grad_(False)
@@ -69,6 +78,10 @@ class TimmMoPPABackbone(BaseModule):
         self._register_load_state_dict_pre_hook(self._complete_frozen_state, with_module=False)
 
     # ----------------------------------------------------------------- subclass interface
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(B, 3, H, W) images to the declared NCHW output maps."""
+        raise NotImplementedError
+
     def blocks(self) -> list[nn.Module]:
         """The transformer blocks of the timm model, in forward order."""
         raise NotImplementedError
@@ -107,6 +120,14 @@ class TimmMoPPABackbone(BaseModule):
         grid, num_prefix_tokens = self._token_layout
         return unit(x, grid=grid, num_prefix_tokens=num_prefix_tokens)
 
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Features of a batch of images (B, 3, H, W): one NCHW map per ``out_channels`` entry."""
+        if self.autocast_dtype is None:
+            return self.forward_maps(x)
+        with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
+            outputs = self.forward_maps(x)
+        return tuple(output.float() for output in outputs)
+
     def run_block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Runs one block, with non-reentrant checkpointing when ``with_cp`` and training.
 
@@ -143,12 +164,16 @@ class TimmMoPPABackbone(BaseModule):
             self._weights_sha256 = weights_sha256(self.model)
         return self._weights_sha256
 
-    def get_extra_state(self) -> dict[str, Any]:
+    def meta(self) -> dict[str, Any]:
+        """The backbone's identity: timm name, sha256 of the frozen weights, unit config."""
         return dict(version=META_VERSION, model_name=self.model_name,
                     weights_sha256=self.weights_sha256,
                     moppa=None if self.unit_config is None else self.unit_config.to_dict())
 
-    def set_extra_state(self, state: dict[str, Any]) -> None:
+    def get_extra_state(self) -> torch.Tensor:
+        return encode_meta(self.meta())
+
+    def set_extra_state(self, state: Any) -> None:
         """Checked in :meth:`_complete_frozen_state`, which sees the whole state dict."""
 
     def _complete_frozen_state(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
@@ -158,7 +183,7 @@ class TimmMoPPABackbone(BaseModule):
             BackboneCheckpointMismatch: when the checkpoint names another model, or holds no
                 frozen weights and was made with other frozen weights.
         """
-        meta = state_dict.get(prefix + '_extra_state')
+        meta = decode_meta(state_dict.get(prefix + '_extra_state'))
         model_prefix = prefix + 'model.'
         has_frozen = any(key.startswith(model_prefix) for key in state_dict)
         if meta is None:

@@ -33,14 +33,15 @@ class MoPPASwin(TimmMoPPABackbone):
     def __init__(self, model_name: str = 'swin_base_patch4_window7_224', pretrained: bool = False,
                  checkpoint: str | None = None, out_indices: Sequence[int] = (0, 1, 2, 3),
                  moppa: dict[str, Any] | None = {}, unit_blocks: list[int] | None = None,
-                 with_cp: bool = False, drop_path_rate: float = 0.0,
+                 with_cp: bool = False, autocast_dtype: str | None = None,
+                 drop_path_rate: float = 0.0,
                  img_size: int | tuple[int, int] | None = None,
                  model_kwargs: dict[str, Any] | None = None, init_cfg: dict | None = None) -> None:
         kwargs = dict(strict_img_size=False, drop_path_rate=drop_path_rate, **(model_kwargs or {}))
         if img_size is not None:
             kwargs['img_size'] = img_size
-        super().__init__(model_name, pretrained, checkpoint, moppa, unit_blocks, with_cp, kwargs,
-                         init_cfg)
+        super().__init__(model_name, pretrained, checkpoint, moppa, unit_blocks, with_cp,
+                         autocast_dtype, kwargs, init_cfg)
         num_stages = len(self.model.layers)
         if any(not 0 <= index < num_stages for index in out_indices):
             raise ValueError(f'out_indices {list(out_indices)} out of range for {num_stages} stages')
@@ -54,7 +55,7 @@ class MoPPASwin(TimmMoPPABackbone):
     def blocks(self) -> list[nn.Module]:
         return [block for stage in self.model.layers for block in stage.blocks]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Multi-scale features of a batch of images.
 
         Args:

@@ -40,14 +40,15 @@ class MoPPAViT(TimmMoPPABackbone):
                  checkpoint: str | None = None, out_indices: Sequence[int] = (-1,),
                  feature_stride: int | None = None, final_norm: bool = True,
                  moppa: dict[str, Any] | None = {}, unit_blocks: list[int] | None = None,
-                 with_cp: bool = False, drop_path_rate: float = 0.0,
+                 with_cp: bool = False, autocast_dtype: str | None = None,
+                 drop_path_rate: float = 0.0,
                  img_size: int | tuple[int, int] | None = None,
                  model_kwargs: dict[str, Any] | None = None, init_cfg: dict | None = None) -> None:
         kwargs = dict(dynamic_img_size=True, drop_path_rate=drop_path_rate, **(model_kwargs or {}))
         if img_size is not None:
             kwargs['img_size'] = img_size
-        super().__init__(model_name, pretrained, checkpoint, moppa, unit_blocks, with_cp, kwargs,
-                         init_cfg)
+        super().__init__(model_name, pretrained, checkpoint, moppa, unit_blocks, with_cp,
+                         autocast_dtype, kwargs, init_cfg)
         depth = len(self.model.blocks)
         self.out_indices = [index % depth for index in out_indices]
         if any(not -depth <= index < depth for index in out_indices):
@@ -64,7 +65,7 @@ class MoPPAViT(TimmMoPPABackbone):
     def blocks(self) -> list[nn.Module]:
         return list(self.model.blocks)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Features of a batch of images.
 
         Args:

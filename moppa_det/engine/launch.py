@@ -1,0 +1,112 @@
+"""What tools/train.py and tools/test.py share: common arguments, config loading, and building
+the runner (with CPU-only distributed runs over gloo)."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os.path as osp
+
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.registry import MODEL_WRAPPERS, RUNNERS
+from mmengine.runner import Runner
+
+import moppa_det
+from .safe_checkpoint import install_safe_checkpoint_loader
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """Adds the arguments ``train.py`` and ``test.py`` share, after their positionals.
+
+    Args:
+        parser: The parser to extend.
+    """
+    parser.add_argument('--work-dir', help='the directory to save logs, models and metrics')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override settings of the config, as key=value pairs merged into it; a list '
+        'is key="[a,b]" or key=a,b, nested lists/tuples key="[(a,b),(c,d)]" (quotes needed, '
+        'no white space)')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        default='none', help='job launcher')
+    # torchrun / torch >= 2.0 pass --local-rank, older launchers --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+def load_config(args: argparse.Namespace) -> Config:
+    """Reads the config and applies the arguments both tools share.
+
+    Args:
+        args: Parsed arguments with ``config``, ``launcher``, ``cfg_options``, ``work_dir``.
+
+    Returns:
+        The config.
+
+    Raises:
+        SystemExit: If MMDetection cannot be imported or the config file does not exist.
+    """
+    if moppa_det.MMDET_IMPORT_ERROR is not None:
+        raise SystemExit(f'MMDetection cannot be imported ({moppa_det.MMDET_IMPORT_ERROR}). '
+                         'Run `python -m moppa_det.env` to see what is missing, `make env` '
+                         'to set the environment up.')
+    if not osp.isfile(args.config):
+        raise SystemExit(f'Config file not found: {args.config}')
+    install_safe_checkpoint_loader()  # already done by ``import moppa_det``; idempotent
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    # work_dir priority: command line > config > ./work_dirs/<config name>
+    if args.work_dir is not None:
+        cfg.work_dir = args.work_dir
+    elif cfg.get('work_dir', None) is None:
+        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
+    return cfg
+
+def setup_cpu_distributed(cfg: Config) -> None:
+    """Lets ``--launcher pytorch`` run on machines without CUDA, over gloo.
+
+    MMEngine's ``init_dist`` calls ``torch.cuda.set_device`` and its default DDP wrapper
+    passes ``device_ids=[LOCAL_RANK]``; both fail without CUDA. So the process group is
+    initialised here (the runner then skips ``init_dist``) and DDP gets ``device_ids=None``.
+
+    Args:
+        cfg: The config; its ``env_cfg`` and ``model_wrapper_cfg`` are updated in place.
+
+    Raises:
+        SystemExit: For the slurm or mpi launcher without CUDA.
+    """
+    if cfg.launcher == 'none' or torch.cuda.is_available():
+        return
+    if cfg.launcher != 'pytorch':
+        raise SystemExit(f'--launcher {cfg.launcher} needs CUDA here; on CPU-only machines use '
+                         '--launcher pytorch (tools/dist_train.sh, tools/dist_test.sh).')
+    dist_cfg = cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
+    dist_cfg['backend'] = 'gloo'  # nccl needs GPUs
+    if not torch.distributed.is_initialized():
+        timeout = datetime.timedelta(seconds=dist_cfg.get('timeout', 1800))
+        torch.distributed.init_process_group(backend='gloo', timeout=timeout)
+    wrapper_cfg = cfg.get('model_wrapper_cfg') or dict(
+        type='MMDistributedDataParallel', broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
+    wrapper = MODEL_WRAPPERS.get(wrapper_cfg.get('type', 'MMDistributedDataParallel'))
+    if issubclass(wrapper, torch.nn.parallel.DistributedDataParallel):
+        wrapper_cfg['device_ids'] = None  # DDP's only valid choice for CPU modules
+    cfg.model_wrapper_cfg = wrapper_cfg
+
+def build_runner(cfg: Config) -> Runner:
+    """Builds the runner as MMDetection does: default Runner unless ``runner_type`` is set.
+
+    Args:
+        cfg: The full config.
+
+    Returns:
+        The runner.
+    """
+    from mmdet.utils import setup_cache_size_limit_of_dynamo
+
+    # Fewer repeated compilations when the config enables torch.compile.
+    setup_cache_size_limit_of_dynamo()
+    setup_cpu_distributed(cfg)
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)
