@@ -119,3 +119,29 @@ def final_norm_session(onnx_path: Path) -> tuple[ort.InferenceSession, str]:
     session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=['CPUExecutionProvider'])
     return session, output
+
+
+@pytest.mark.parametrize('size', [(224, 224), (224, 308)])
+def test_moppa_vit_on_converted_weights(converted: Path, size: tuple[int, int]) -> None:
+    """The real DINOv2 ViT-S/14 wrapped with units: parity with timm at init, then gradients."""
+    import timm
+
+    from moppa_det.models.backbones import MoPPAViT
+
+    backbone = MoPPAViT('vit_small_patch14_dinov2', checkpoint=str(converted),
+                        unit_blocks=[10, 11]).eval()
+    plain = timm.create_model('vit_small_patch14_dinov2', num_classes=0,
+                              dynamic_img_size=True)
+    plain.load_state_dict(backbone.model.state_dict())
+    plain.eval()
+    x = torch.randn(1, 3, *size)
+    with torch.no_grad():
+        expected = plain.forward_intermediates(x, indices=[11], norm=True,
+                                               intermediates_only=True)[0]
+        torch.testing.assert_close(backbone(x)[0], expected, atol=0, rtol=0)
+    for unit in backbone.units.values():  # as after one optimizer step
+        torch.nn.init.normal_(unit.up.weight, std=0.01)
+    backbone(x)[0].square().mean().backward()
+    for name, param in backbone.units.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+    assert not any(p.grad is not None for p in backbone.model.parameters())

@@ -152,3 +152,22 @@ def test_trainable_only_checkpoint_reloads_strictly():
     assert not any(k.startswith('backbone.model.') for k in checkpoint['state_dict'])
     assert 'backbone._extra_state' in checkpoint['state_dict']
     model.load_state_dict(checkpoint['state_dict'], strict=True)
+
+
+def test_extract_trainable_tool(tmp_path):
+    from tools.extract_trainable import extract
+
+    _, model = build_tiny('mask_rcnn_vit_moppa.py')
+    full = tmp_path / 'full.pth'
+    torch.save({'state_dict': model.state_dict(), 'meta': {}}, full)
+    out = tmp_path / 'trainable.pth'
+    dropped, size = extract(full, out)
+    assert dropped == len(model.backbone.model.state_dict()) and size < full.stat().st_size
+    state = torch.load(out, weights_only=True)['state_dict']
+    model.load_state_dict(state, strict=True)
+    with pytest.raises(FileExistsError, match='--overwrite'):
+        extract(full, out)
+    with pytest.raises(ValueError, match='holds no frozen'):
+        extract(out, tmp_path / 'again.pth')
+    with pytest.raises(FileNotFoundError, match='missing.pth'):
+        extract(tmp_path / 'missing.pth', tmp_path / 'x.pth')

@@ -94,6 +94,19 @@ def test_train_evaluate_and_test_adapter_only_checkpoint(toy_setup):
     assert not any(k.startswith('backbone.model.') for k in state)
     assert any(k.startswith('backbone.units.') for k in state)
 
+    # --resume continues from the trainable-only checkpoint.
+    run_tool(sys.executable, 'tools/train.py', str(config), '--work-dir', str(work_dir),
+             '--resume', '--cfg-options', 'train_cfg.max_iters=6', 'train_cfg.val_interval=6',
+             'default_hooks.checkpoint.interval=6')
+    assert (work_dir / 'iter_6.pth').is_file()
+    resumed = torch.load(work_dir / 'iter_6.pth', map_location='cpu', weights_only=False)
+    assert resumed['meta']['iter'] == 6
+    assert all(s['step'] == 6 for s in resumed['optimizer']['state'].values())
+
+    # The routing plot of the run.
+    run_tool(sys.executable, 'tools/plot_routing.py', str(work_dir))
+    assert (work_dir / 'routing.png').stat().st_size > 10_000
+
     test_dir = root / 'single_test'
     result = run_tool(sys.executable, 'tools/test.py', str(config), str(checkpoint),
                       '--work-dir', str(test_dir))

@@ -103,18 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     prepare_data(args.data_root, args.num_train, args.num_val)
     banner('2/6 pre-trained backbone')
     weights = prepare_weights()
-    options = [f'data_root={args.data_root}/',
+    weights_option = (f'model.backbone.checkpoint={weights}' if weights else
+                      'model.backbone.checkpoint=None')
+    options = [weights_option, f'data_root={args.data_root}/',
                f'train_dataloader.dataset.data_root={args.data_root}/',
                f'val_dataloader.dataset.data_root={args.data_root}/',
                f'test_dataloader.dataset.data_root={args.data_root}/',
                f'val_evaluator.ann_file={args.data_root}/annotations/instances_val.json',
-               f'test_evaluator.ann_file={args.data_root}/annotations/instances_val.json',
-               f'model.backbone.checkpoint={weights}' if weights else
-               'model.backbone.checkpoint=None']
+               f'test_evaluator.ann_file={args.data_root}/annotations/instances_val.json']
     if args.max_iters:
         options += [f'train_cfg.max_iters={args.max_iters}',
                     f'train_cfg.val_interval={args.max_iters}',
-                    f'default_hooks.checkpoint.interval={args.max_iters}']
+                    f'default_hooks.checkpoint.interval={args.max_iters}',
+                    f'param_scheduler.1.end={args.max_iters}']
 
     banner('3/6 train (frozen ViT-S + MoPPA, Mask R-CNN)')
     start = time.time()
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     banner('5/6 predictions (PNG) and routing plot')
     val_images = sorted((args.data_root / 'val').iterdir())[:6]
     infer = [python, 'tools/infer_images.py', str(CONFIG), str(checkpoint), '--cfg-options',
-             options[-1]]
+             weights_option]
     run(infer + [str(p) for p in val_images] + ['--out-dir', str(args.work_dir / 'predictions')])
     run(infer + ['--real-photos', '--out-dir', str(args.work_dir / 'real_photos')])
     run([python, 'tools/plot_routing.py', str(args.work_dir),

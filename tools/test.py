@@ -18,6 +18,7 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)  # so that ``import moppa_det`` finds this clone
 
 import moppa_det  # noqa: E402,F401  (registrations, safe checkpoint loading)
+from moppa_det.engine.data_checks import check_annotation_files  # noqa: E402
 from moppa_det.engine.launch import add_common_args, build_runner, load_config  # noqa: E402
 
 from mmengine.config import Config, ConfigDict
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args)
     if '://' not in args.checkpoint and not os.path.isfile(os.path.expanduser(args.checkpoint)):
         raise SystemExit(f'Checkpoint file not found: {args.checkpoint}')
+    check_annotation_files(cfg, ('test',))
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)

