@@ -61,7 +61,7 @@ def test_vit_at_init_equals_plain_timm(placement):
 def test_swin_at_init_equals_plain_timm():
     backbone = make_swin()
     x = torch.randn(1, 3, 128, 160)
-    plain = plain_timm_copy(backbone, TINY_SWIN, strict_img_size=False)
+    plain = plain_timm_copy(backbone, TINY_SWIN, **MoPPASwin.timm_kwargs)
     expected = plain.forward_intermediates(x, indices=4, intermediates_only=True)
     for ours, theirs in zip(backbone.eval()(x), expected):
         torch.testing.assert_close(ours, theirs, atol=0, rtol=0)
@@ -174,8 +174,18 @@ def test_bad_inputs_are_explained():
         make_vit()(torch.randn(1, 1, 64, 64))
     with pytest.raises(ValueError, match='at least 16 pixels'):
         make_vit()(torch.randn(1, 3, 8, 64))
-    with pytest.raises(ValueError, match='MoPPA config: unknown key'):
+    with pytest.raises(ValueError, match="model.backbone.moppa: unknown key 'bottelneck'"):
         make_vit(moppa=dict(bottelneck=4))
+    with pytest.raises(ValueError, match="model.backbone.moppa: router='tokens'"):
+        make_vit(moppa=dict(router='tokens'))
+    with pytest.raises(BackboneBuildError, match="no pretrained tag 'mea'"):
+        MoPPAViT(model_name='vit_base_patch16_224.mea')
+    with pytest.raises(ValueError, match='out_indices .* out of range for 2 blocks'):
+        make_vit(out_indices=(5,))
+    with pytest.raises(ValueError, match='distinct blocks in ascending order'):
+        make_vit(out_indices=(-1, 1))
+    with pytest.raises(ValueError, match='distinct stages in ascending order'):
+        make_swin(out_indices=(3, 0))
 
 
 def test_checkpoint_file_loads_through_timm_filter(tmp_path):
@@ -248,3 +258,21 @@ def test_state_dict_holds_only_tensors():
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     meta = decode_meta(state['_extra_state'])
     assert meta['model_name'] == TINY_VIT['model_name'] and len(meta['weights_sha256']) == 64
+
+
+def test_swin_shifts_windows_in_every_stage():
+    backbone = make_swin()  # nominal img_size 64: stage maps smaller than the window
+    for stage in backbone.model.layers:
+        shifts = [tuple(block.shift_size) for block in stage.blocks]
+        assert all(tuple(block.window_size) == (7, 7) for block in stage.blocks)
+        assert all(s != (0, 0) for s in shifts[1::2]), shifts
+
+
+def test_full_checkpoint_with_other_weights_updates_the_identity(tmp_path):
+    trained, other = make_vit(), make_vit()  # different random frozen weights
+    other.weights_sha256  # cached before loading, as the runner does
+    other.load_state_dict(trained.state_dict())  # full: brings trained's frozen weights
+    assert other.weights_sha256 == trained.weights_sha256
+    fresh = make_vit()
+    with pytest.raises(BackboneCheckpointMismatch):
+        fresh.load_state_dict(trainable_only(other.state_dict()))

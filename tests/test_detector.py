@@ -93,13 +93,24 @@ def test_every_trainable_parameter_gets_a_gradient_after_one_step():
     assert not missing, f'unused trainable parameters break DDP: {missing}'
 
 
-def test_route_loss_weight_follows_config():
-    cfg, model_cfg = tiny_model_cfg(REPO_ROOT / 'configs' / 'mask_rcnn_vit_moppa.py')
-    model_cfg.route_reg = dict(weight=0.0)
+@pytest.mark.parametrize('weight', [0.0, 0.5])
+def test_route_loss_weight_follows_config(weight):
+    from moppa_det.models.moppa import route_penalty
+    _, model_cfg = tiny_model_cfg(REPO_ROOT / 'configs' / 'mask_rcnn_vit_moppa.py')
+    model_cfg.route_reg = dict(weight=weight)
     model = MODELS.build(model_cfg)
+    for unit in model.backbone.units.values():  # non-uniform routing: a non-zero penalty
+        torch.nn.init.normal_(unit.router.proj.weight, std=1.0)
     packed = demo_mm_inputs(1, (3, 64, 64), num_classes=3, with_mask=True)
     losses = model.forward(**model.data_preprocessor(packed, True), mode='loss')
-    assert losses['loss_route'] == 0
+    stats = model.backbone.route_statistics()
+    penalty = route_penalty(torch.stack([s['mean_alpha'] for s in stats.values()]))
+    assert penalty > 1e-4
+    torch.testing.assert_close(losses['loss_route'], weight * penalty)
+
+
+def test_route_reg_config_errors_are_named():
+    _, model_cfg = tiny_model_cfg(REPO_ROOT / 'configs' / 'mask_rcnn_vit_moppa.py')
     model_cfg.route_reg = dict(wieght=1.0)
     with pytest.raises(ValueError, match="unknown key 'wieght'"):
         MODELS.build(model_cfg)
@@ -152,6 +163,17 @@ def test_trainable_only_checkpoint_reloads_strictly():
     assert not any(k.startswith('backbone.model.') for k in checkpoint['state_dict'])
     assert 'backbone._extra_state' in checkpoint['state_dict']
     model.load_state_dict(checkpoint['state_dict'], strict=True)
+
+
+def test_ema_state_dict_is_stripped_too():
+    _, model = build_tiny('mask_rcnn_vit_moppa.py')
+    ema = {'steps': torch.tensor(3),
+           **{f'module.{k}': v for k, v in model.state_dict().items()}}
+    checkpoint = {'state_dict': model.state_dict(), 'ema_state_dict': ema}
+    frozen = len(model.backbone.model.state_dict())
+    assert strip_frozen_weights(checkpoint) == 2 * frozen
+    assert not any(k.startswith('module.backbone.model.') for k in checkpoint['ema_state_dict'])
+    assert 'module.backbone._extra_state' in checkpoint['ema_state_dict']
 
 
 def test_extract_trainable_tool(tmp_path):

@@ -132,10 +132,11 @@ def main(argv: list[str] | None = None) -> int:
 
     banner('5/6 predictions (PNG) and routing plot')
     val_images = sorted((args.data_root / 'val').iterdir())[:6]
-    infer = [python, 'tools/infer_images.py', str(CONFIG), str(checkpoint), '--cfg-options',
-             weights_option]
-    run(infer + [str(p) for p in val_images] + ['--out-dir', str(args.work_dir / 'predictions')])
-    run(infer + ['--real-photos', '--out-dir', str(args.work_dir / 'real_photos')])
+    infer = [python, 'tools/infer_images.py', str(CONFIG), str(checkpoint)]
+    options_last = ['--cfg-options', weights_option]  # nargs='+': after the positionals
+    run(infer + [str(p) for p in val_images] +
+        ['--out-dir', str(args.work_dir / 'predictions')] + options_last)
+    run(infer + ['--real-photos', '--out-dir', str(args.work_dir / 'real_photos')] + options_last)
     run([python, 'tools/plot_routing.py', str(args.work_dir),
          '--out', str(args.work_dir / 'routing.png')])
 

@@ -15,21 +15,28 @@ MAX_PARSED_BYTES = 64 * 2 ** 20
 
 
 def annotation_files(cfg: Any) -> Iterator[tuple[str, str]]:
-    """(config key, path) of every COCO annotation file of the dataloaders and evaluators."""
+    """(config key, path) of every local COCO annotation file of the dataloaders and evaluators
+    (files read through ``backend_args`` are left to their backend)."""
     for split in ('train', 'val', 'test'):
         dataset = (cfg.get(f'{split}_dataloader') or {}).get('dataset')
         while isinstance(dataset, dict) and 'dataset' in dataset:  # dataset wrappers
             dataset = dataset['dataset']
-        if isinstance(dataset, dict) and dataset.get('ann_file'):
+        if isinstance(dataset, dict) and dataset.get('ann_file') and not dataset.get('backend_args'):
             root = dataset.get('data_root') or ''
             yield f'{split}_dataloader.dataset.ann_file', osp.join(root, dataset['ann_file'])
         evaluator = cfg.get(f'{split}_evaluator')
-        if isinstance(evaluator, dict) and evaluator.get('ann_file'):
+        if (isinstance(evaluator, dict) and evaluator.get('ann_file')
+                and not evaluator.get('backend_args')):
             yield f'{split}_evaluator.ann_file', evaluator['ann_file']
 
 
 def check_annotation_file(key: str, path: str) -> None:
-    """Raises ``SystemExit`` naming ``key`` and ``path`` if the file is missing or not COCO JSON."""
+    """Raises ``SystemExit`` naming ``key`` and ``path`` if the file is missing or not COCO JSON.
+
+    Remote paths (``s3://`` and the like) are left to the storage backend.
+    """
+    if '://' in path:
+        return
     if not osp.isfile(path):
         raise SystemExit(f'{key}: annotation file {path} does not exist')
     if osp.getsize(path) > MAX_PARSED_BYTES:

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..models.backbones.meta import decode_meta
+from ..models.backbones.meta import EXTRA_STATE_KEY, FROZEN_PREFIX, decode_meta
 
-EXTRA_STATE = '_extra_state'
+# The state dicts of an MMEngine checkpoint: the model's and, with EMAHook, its average's.
+STATE_DICT_KEYS = ('state_dict', 'ema_state_dict')
 
 
 def frozen_prefixes(state_dict: dict[str, Any]) -> list[str]:
@@ -16,23 +17,26 @@ def frozen_prefixes(state_dict: dict[str, Any]) -> list[str]:
     """
     prefixes = []
     for key, value in state_dict.items():
-        meta = decode_meta(value) if key.endswith(EXTRA_STATE) else None
+        meta = decode_meta(value) if key.endswith(EXTRA_STATE_KEY) else None
         if meta is not None and 'weights_sha256' in meta:
-            prefixes.append(key[:-len(EXTRA_STATE)] + 'model.')
+            prefixes.append(key[:-len(EXTRA_STATE_KEY)] + FROZEN_PREFIX)
     return prefixes
 
 
 def strip_frozen_weights(checkpoint: dict[str, Any]) -> int:
-    """Removes the frozen backbone weights from ``checkpoint['state_dict']`` in place.
+    """Removes the frozen backbone weights from the checkpoint's state dicts in place.
 
     Returns:
-        The number of entries removed.
+        The number of entries removed (over ``state_dict`` and ``ema_state_dict``).
     """
-    state_dict = checkpoint['state_dict']
-    prefixes = tuple(frozen_prefixes(state_dict))
-    if not prefixes:
-        return 0
-    frozen = [key for key in state_dict if key.startswith(prefixes)]
-    for key in frozen:
-        del state_dict[key]
-    return len(frozen)
+    dropped = 0
+    for name in STATE_DICT_KEYS:
+        state_dict = checkpoint.get(name)
+        if not isinstance(state_dict, dict):
+            continue
+        prefixes = tuple(frozen_prefixes(state_dict))
+        frozen = [key for key in state_dict if prefixes and key.startswith(prefixes)]
+        for key in frozen:
+            del state_dict[key]
+        dropped += len(frozen)
+    return dropped

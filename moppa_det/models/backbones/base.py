@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..moppa import MoPPAConfig, MoPPAUnit
-from .meta import decode_meta, encode_meta
+from .meta import EXTRA_STATE_KEY, FROZEN_PREFIX, decode_meta, encode_meta
 from .timm_factory import create_timm_model, weights_sha256
 
 META_VERSION = 1
@@ -48,15 +48,20 @@ class TimmMoPPABackbone(BaseModule):
             or 'float16'; the units' spectral path stays float32); outputs are float32. Frozen
             features in bfloat16 are 3-4x faster on CPUs with AVX512-BF16, where MMEngine's
             AMP wrapper is not available.
+        drop_path_rate: Stochastic depth of the (frozen) blocks.
+        img_size: Nominal image size the timm model is built for.
         model_kwargs: Extra keyword arguments for ``timm.create_model`` (e.g. a smaller depth).
         init_cfg: Must be ``None``: the timm weights come from ``pretrained``/``checkpoint``.
     """
 
     timm_class: type[nn.Module]
+    # Keyword arguments every model of the family needs for detection inputs.
+    timm_kwargs: dict[str, Any] = {}
 
     def __init__(self, model_name: str, pretrained: bool = False, checkpoint: str | None = None,
                  moppa: dict[str, Any] | None = None, unit_blocks: list[int] | None = None,
                  with_cp: bool = False, autocast_dtype: str | None = None,
+                 drop_path_rate: float = 0.0, img_size: int | tuple[int, int] | None = None,
                  model_kwargs: dict[str, Any] | None = None, init_cfg: dict | None = None) -> None:
         if init_cfg is not None:
             raise ValueError('init_cfg is not supported by MoPPA backbones: they load their '
@@ -68,14 +73,19 @@ class TimmMoPPABackbone(BaseModule):
             raise ValueError(f"autocast_dtype={autocast_dtype!r}: use None, 'bfloat16' or "
                              "'float16'")
         self.autocast_dtype = getattr(torch, autocast_dtype) if autocast_dtype else None
+        kwargs = dict(self.timm_kwargs, drop_path_rate=drop_path_rate)
+        if img_size is not None:
+            kwargs['img_size'] = img_size
+        kwargs.update(model_kwargs or {})
         self.model = create_timm_model(model_name, pretrained, checkpoint, self.timm_class,
-                                       **(model_kwargs or {}))
+                                       **kwargs)
         self.model.requires_grad_(False)
-        self.unit_config = MoPPAConfig.from_dict(moppa) if moppa is not None else None
+        self.unit_config = (MoPPAConfig.from_dict(moppa, label='model.backbone.moppa')
+                            if moppa is not None else None)
         self.units = self._build_units(unit_blocks)
         self._token_layout: tuple[tuple[int, int], int] | None = None
         self._weights_sha256: str | None = None
-        self._register_load_state_dict_pre_hook(self._complete_frozen_state, with_module=False)
+        self.register_load_state_dict_pre_hook(self._complete_frozen_state)
 
     # ----------------------------------------------------------------- subclass interface
     def forward_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -118,7 +128,10 @@ class TimmMoPPABackbone(BaseModule):
             raise RuntimeError('MoPPA units on ViT tokens need the token grid: call the '
                                f'{type(self).__name__} backbone, not its timm .model directly')
         grid, num_prefix_tokens = self._token_layout
-        return unit(x, grid=grid, num_prefix_tokens=num_prefix_tokens)
+        try:
+            return unit(x, grid=grid, num_prefix_tokens=num_prefix_tokens)
+        except ValueError as error:
+            raise ValueError(f'MoPPA unit of block {name} ({self.model_name}): {error}') from error
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Features of a batch of images (B, 3, H, W): one NCHW map per ``out_channels`` entry."""
@@ -176,18 +189,19 @@ class TimmMoPPABackbone(BaseModule):
     def set_extra_state(self, state: Any) -> None:
         """Checked in :meth:`_complete_frozen_state`, which sees the whole state dict."""
 
-    def _complete_frozen_state(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+    def _complete_frozen_state(self, module: nn.Module, state_dict: dict[str, Any], prefix: str,
+                               *args: Any) -> None:
         """Load pre-hook: checks the backbone meta and fills in missing frozen weights.
 
         Raises:
             BackboneCheckpointMismatch: when the checkpoint names another model, or holds no
                 frozen weights and was made with other frozen weights.
         """
-        meta = decode_meta(state_dict.get(prefix + '_extra_state'))
-        model_prefix = prefix + 'model.'
+        meta = decode_meta(state_dict.get(prefix + EXTRA_STATE_KEY))
+        model_prefix = prefix + FROZEN_PREFIX
         has_frozen = any(key.startswith(model_prefix) for key in state_dict)
         if meta is None:
-            state_dict[prefix + '_extra_state'] = self.get_extra_state()
+            state_dict[prefix + EXTRA_STATE_KEY] = self.get_extra_state()
             if not has_frozen:
                 MMLogger.get_current_instance().warning(
                     'checkpoint has neither backbone weights nor backbone meta; using the '
@@ -202,13 +216,11 @@ class TimmMoPPABackbone(BaseModule):
                 f'weights of sha256 {meta.get("weights_sha256", "?")[:16]}..., but the config '
                 f'built weights of sha256 {self.weights_sha256[:16]}... (another pretrained '
                 'file or checkpoint=): load the same backbone weights as in training.')
-        if not has_frozen:
+        if has_frozen:  # the checkpoint's frozen weights replace ours: hash them anew
+            self._weights_sha256 = None
+        else:
             for key, value in self.model.state_dict().items():
                 state_dict[model_prefix + key] = value
-
-    def frozen_state_prefix(self) -> str:
-        """Prefix (relative to this module) of every frozen entry of the state dict."""
-        return 'model.'
 
 
 class _UnitHook:

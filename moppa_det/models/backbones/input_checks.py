@@ -22,6 +22,23 @@ def check_images(x: torch.Tensor, in_chans: int, min_side: int, name: str) -> No
                          f'width must be at least {min_side} pixels')
 
 
+def check_out_indices(indices: list[int], count: int, what: str) -> list[int]:
+    """Normalises (negative counts from the end) and validates ``out_indices``.
+
+    Outputs come in forward order, one per index, so the indices must be unique and ascending.
+
+    Raises:
+        ValueError: naming ``out_indices`` and the problem.
+    """
+    normalised = [index % count if -count <= index < count else None for index in indices]
+    if None in normalised:
+        raise ValueError(f'out_indices {list(indices)} out of range for {count} {what}')
+    if not normalised or normalised != sorted(set(normalised)):
+        raise ValueError(f'out_indices {list(indices)} must name distinct {what} in ascending '
+                         'order (outputs come in forward order)')
+    return normalised
+
+
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """Zero-pads (B, C, H, W) at the bottom/right so H and W are multiples of ``multiple``."""
     h, w = x.shape[-2:]

@@ -11,6 +11,11 @@ from typing import Any
 
 import torch
 
+# Where a MoPPA backbone keeps its identity and its frozen timm weights, relative to its own
+# prefix in a state dict.
+EXTRA_STATE_KEY = '_extra_state'
+FROZEN_PREFIX = 'model.'
+
 
 def encode_meta(meta: dict[str, Any]) -> torch.Tensor:
     """A JSON-serialisable dict -> a 1-D uint8 tensor."""

@@ -9,7 +9,7 @@ from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
 from .base import TimmMoPPABackbone
-from .input_checks import check_images, output_size, pad_to_multiple
+from .input_checks import check_images, check_out_indices, output_size, pad_to_multiple
 
 
 @MODELS.register_module()
@@ -23,12 +23,13 @@ class MoPPASwin(TimmMoPPABackbone):
     Args:
         model_name: Any timm SwinTransformer name, e.g. 'swin_base_patch4_window7_224'.
         out_indices: Stages whose outputs are returned (NCHW).
-        drop_path_rate: Stochastic depth of the (frozen) blocks.
-        img_size: Nominal image size the timm model is built for (window masks, rel. positions).
         Others: see :class:`TimmMoPPABackbone`.
     """
 
     timm_class = SwinTransformer
+    # Any input size; and window 7 with shifts in every stage, as MMDetection's Swin, whatever
+    # the nominal img_size (timm otherwise shrinks windows and drops shifts on small stages).
+    timm_kwargs = dict(strict_img_size=False, always_partition=True)
 
     def __init__(self, model_name: str = 'swin_base_patch4_window7_224', pretrained: bool = False,
                  checkpoint: str | None = None, out_indices: Sequence[int] = (0, 1, 2, 3),
@@ -37,15 +38,9 @@ class MoPPASwin(TimmMoPPABackbone):
                  drop_path_rate: float = 0.0,
                  img_size: int | tuple[int, int] | None = None,
                  model_kwargs: dict[str, Any] | None = None, init_cfg: dict | None = None) -> None:
-        kwargs = dict(strict_img_size=False, drop_path_rate=drop_path_rate, **(model_kwargs or {}))
-        if img_size is not None:
-            kwargs['img_size'] = img_size
         super().__init__(model_name, pretrained, checkpoint, moppa, unit_blocks, with_cp,
-                         autocast_dtype, kwargs, init_cfg)
-        num_stages = len(self.model.layers)
-        if any(not 0 <= index < num_stages for index in out_indices):
-            raise ValueError(f'out_indices {list(out_indices)} out of range for {num_stages} stages')
-        self.out_indices = list(out_indices)
+                         autocast_dtype, drop_path_rate, img_size, model_kwargs, init_cfg)
+        self.out_indices = check_out_indices(list(out_indices), len(self.model.layers), 'stages')
         info = self.model.feature_info
         self.out_channels = [info[index]['num_chs'] for index in self.out_indices]
         self.out_strides = [info[index]['reduction'] for index in self.out_indices]

@@ -22,8 +22,13 @@ def check_model_name(model_name: str, family: str) -> None:
         model_name: A timm architecture name, optionally with a pretrained tag ('.tag').
         family: 'vit' or 'swin'; only used to rank suggestions.
     """
-    architecture = model_name.split('.')[0]
+    architecture, _, tag = model_name.partition('.')
     if timm.is_model(architecture):
+        tags = [name.partition('.')[2] for name in timm.list_pretrained(architecture + '.*')]
+        if tag and tag not in tags:
+            close = difflib.get_close_matches(tag, tags, n=3, cutoff=0.3) or tags[:5]
+            raise BackboneBuildError(f'timm model {architecture!r} has no pretrained tag {tag!r}. '
+                                     f'Known tags: {", ".join(close)}.')
         return
     known = timm.list_models()
     close = difflib.get_close_matches(architecture, known, n=5, cutoff=0.5)

@@ -10,7 +10,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from .base import TimmMoPPABackbone
-from .input_checks import check_images, output_size, pad_to_multiple
+from .input_checks import check_images, check_out_indices, output_size, pad_to_multiple
 
 
 @MODELS.register_module()
@@ -29,12 +29,11 @@ class MoPPAViT(TimmMoPPABackbone):
         out_indices: Blocks whose outputs are returned (negative counts from the end).
         feature_stride: Stride of the outputs; ``None``: the patch size.
         final_norm: Apply the model's final norm to every output.
-        drop_path_rate: Stochastic depth of the (frozen) blocks.
-        img_size: Nominal image size of the timm model (position-embedding grid).
         Others: see :class:`TimmMoPPABackbone`.
     """
 
     timm_class = VisionTransformer
+    timm_kwargs = dict(dynamic_img_size=True)  # any (padded) input size
 
     def __init__(self, model_name: str = 'vit_base_patch16_224', pretrained: bool = False,
                  checkpoint: str | None = None, out_indices: Sequence[int] = (-1,),
@@ -44,15 +43,9 @@ class MoPPAViT(TimmMoPPABackbone):
                  drop_path_rate: float = 0.0,
                  img_size: int | tuple[int, int] | None = None,
                  model_kwargs: dict[str, Any] | None = None, init_cfg: dict | None = None) -> None:
-        kwargs = dict(dynamic_img_size=True, drop_path_rate=drop_path_rate, **(model_kwargs or {}))
-        if img_size is not None:
-            kwargs['img_size'] = img_size
         super().__init__(model_name, pretrained, checkpoint, moppa, unit_blocks, with_cp,
-                         autocast_dtype, kwargs, init_cfg)
-        depth = len(self.model.blocks)
-        self.out_indices = [index % depth for index in out_indices]
-        if any(not -depth <= index < depth for index in out_indices):
-            raise ValueError(f'out_indices {list(out_indices)} out of range for {depth} blocks')
+                         autocast_dtype, drop_path_rate, img_size, model_kwargs, init_cfg)
+        self.out_indices = check_out_indices(list(out_indices), len(self.model.blocks), 'blocks')
         patch_h, patch_w = self.model.patch_embed.patch_size
         if patch_h != patch_w:
             raise ValueError(f'{model_name}: non-square patches {patch_h}x{patch_w} unsupported')

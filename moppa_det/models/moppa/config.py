@@ -98,13 +98,24 @@ class MoPPAConfig:
                              'with h, w >= 1.')
 
     @classmethod
-    def from_dict(cls, options: dict[str, Any] | None) -> 'MoPPAConfig':
+    def from_dict(cls, options: dict[str, Any] | None,
+                  label: str = 'MoPPA config') -> 'MoPPAConfig':
         """Builds a config from a mapping (e.g. an MMEngine ``ConfigDict``).
 
+        Args:
+            options: The fields to set.
+            label: Where the mapping comes from, for error messages.
+
         Raises:
-            ValueError: on an unknown key, naming it and the closest known key.
+            ValueError: on an unknown key or value, naming it and the closest known one.
         """
-        return _from_mapping(cls, options, 'MoPPA config')
+        try:
+            return _from_mapping(cls, options, label)
+        except ValueError as error:
+            message = str(error)
+            if not message.startswith(label):
+                message = message.replace('MoPPA config', label, 1)
+            raise ValueError(message) from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,8 +126,10 @@ class RouteRegConfig:
     """Route regularization: keeps the mean routing close to uniform early in training.
 
     Attributes:
-        kind: 'l2' (sum_i (mean alpha_i - 1/P)^2), 'entropy' (log P - H(mean alpha)) or
-            'kl' (KL(mean alpha || uniform)); all are 0 at uniform routing.
+        kind: 'l2' (sum_i (mean alpha_i - 1/P)^2), 'entropy' (log P - H(mean alpha), which
+            equals KL(mean alpha || uniform): METHOD.md's entropy and KL options coincide) or
+            'kl' (the reverse KL(uniform || mean alpha), unbounded as a prior dies); all are 0
+            at uniform routing.
         weight: lambda_route.
         decay_fraction: If set, lambda_route decays linearly to 0 over this fraction of the
             training iterations (0.5: the first half); ``None`` keeps it constant.
@@ -126,17 +139,17 @@ class RouteRegConfig:
     decay_fraction: float | None = None
 
     def __post_init__(self) -> None:
-        _check_choice('route_reg.kind', self.kind, ROUTE_REG_KINDS)
+        _check_choice('model.route_reg.kind', self.kind, ROUTE_REG_KINDS)
         if self.weight < 0:
-            raise ValueError(f'route_reg.weight={self.weight!r} must be >= 0.')
+            raise ValueError(f'model.route_reg.weight={self.weight!r} must be >= 0.')
         if self.decay_fraction is not None and not 0 < self.decay_fraction <= 1:
-            raise ValueError(f'route_reg.decay_fraction={self.decay_fraction!r} must be in '
+            raise ValueError(f'model.route_reg.decay_fraction={self.decay_fraction!r} must be in '
                              '(0, 1] or None.')
 
     @classmethod
     def from_dict(cls, options: dict[str, Any] | None) -> 'RouteRegConfig':
         """Builds a config from a mapping; an unknown key raises ``ValueError`` naming it."""
-        return _from_mapping(cls, options, 'route_reg')
+        return _from_mapping(cls, options, 'model.route_reg')
 
 
 __all__ = ['MoPPAConfig', 'RouteRegConfig', 'ROUTER_MODES', 'PLACEMENTS', 'ACTIVATIONS',

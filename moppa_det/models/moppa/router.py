@@ -31,10 +31,6 @@ class Router(nn.Module):
             nn.init.zeros_(self.proj.weight)
             nn.init.zeros_(self.proj.bias)
 
-    @property
-    def per_token(self) -> bool:
-        return self.proj is not None and self.mode == 'token'
-
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Computes the mixing weights.
 
