@@ -193,3 +193,10 @@ def test_extract_trainable_tool(tmp_path):
         extract(out, tmp_path / 'again.pth')
     with pytest.raises(FileNotFoundError, match='missing.pth'):
         extract(tmp_path / 'missing.pth', tmp_path / 'x.pth')
+
+
+@pytest.mark.parametrize('config_path', CONFIGS, ids=lambda p: p.name)
+def test_config_backbone_names_and_tags_exist_in_timm(config_path):
+    from moppa_det.models.backbones.timm_factory import check_model_name
+    backbone = Config.fromfile(str(config_path)).model.backbone
+    check_model_name(backbone.model_name, 'swin' if 'Swin' in backbone.type else 'vit')
