@@ -107,6 +107,7 @@ def test_train_evaluate_and_test_adapter_only_checkpoint(toy_setup):
     run_tool(sys.executable, 'tools/plot_routing.py', str(work_dir))
     assert (work_dir / 'routing.png').stat().st_size > 10_000
 
+    checkpoint = work_dir / 'iter_6.pth'  # max_keep_ckpts=1 removed iter_4.pth
     test_dir = root / 'single_test'
     result = run_tool(sys.executable, 'tools/test.py', str(config), str(checkpoint),
                       '--work-dir', str(test_dir))
