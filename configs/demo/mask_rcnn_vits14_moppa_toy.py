@@ -26,7 +26,9 @@ model = dict(
         unit_blocks=[8, 9, 10, 11],
         autocast_dtype='bfloat16',  # frozen features in bf16: 3-4x faster on AVX512-BF16 CPUs
         drop_path_rate=0.0),
-    neck=dict(in_channels=384, out_channels=fpn_width),
+    # No norm in the 64-wide pyramid: with LN2d over 64 channels the RoI classifier did not
+    # learn (a single batch: loss_cls 0.31 after 120 steps with LN2d, 0.07 without).
+    neck=dict(in_channels=384, out_channels=fpn_width, norm_cfg=None),
     rpn_head=dict(
         in_channels=fpn_width,
         feat_channels=fpn_width,

@@ -16,8 +16,9 @@ class SimpleFPN(BaseModule):
     """Turns one stride-s map into maps at s * scale for each scale factor, plus extra levels.
 
     Scale factor 4 is two stride-2 transposed convolutions (norm + GELU between), 2 one,
-    1 the identity and 0.5 a 2x2 max-pool; each level then gets a 1x1 and a 3x3 convolution with
-    normalisation (normalising the frozen features is what lets the heads learn quickly).
+    1 the identity and 0.5 a 2x2 max-pool; each level then gets a 1x1 and a 3x3 convolution,
+    each followed by ``norm_cfg`` (LN2d as in ViTDet by default; ``None`` drops it — in the
+    64-channel CPU demo LN2d kept the RoI classifier from learning, see README).
     ``num_outs`` beyond the scale factors adds max-pooled levels (the RPN's P6).
 
     Args:
