@@ -30,7 +30,9 @@ def write_config(path: Path, data_root: Path, weights: Path, max_iters: int, lr:
 _base_ = ['{DEMO_CONFIG}']
 custom_imports = dict(imports=['moppa_det', 'dist_check_hook'], allow_failed_imports=False)
 data_root = '{data_root}/'
-model = dict(backbone={backbone!r}, neck=dict(in_channels=32))
+# score_thr 0: a few iterations in, scores are low; CocoMetric skips an empty result set.
+model = dict(backbone={backbone!r}, neck=dict(in_channels=32),
+             test_cfg=dict(rcnn=dict(score_thr=0.0)))
 train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
                         dataset=dict(data_root=data_root))
 val_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
