@@ -12,7 +12,6 @@ from mmengine.registry import MODEL_WRAPPERS, RUNNERS
 from mmengine.runner import Runner
 
 import moppa_det
-from .safe_checkpoint import install_safe_checkpoint_loader
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +49,6 @@ def load_config(args: argparse.Namespace) -> Config:
                          'to set the environment up.')
     if not osp.isfile(args.config):
         raise SystemExit(f'Config file not found: {args.config}')
-    install_safe_checkpoint_loader()  # already done by ``import moppa_det``; idempotent
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
