@@ -141,6 +141,21 @@ def test_optimizer_sees_only_trainable_parameters(caplog):
     assert max(g['weight_decay'] for g in optim.optimizer.param_groups) == 0.05
 
 
+def test_custom_keys_reach_the_physical_parameters():
+    cfg, model = build_tiny('mask_rcnn_vit_moppa.py')
+    cfg.optim_wrapper.paramwise_cfg = dict(norm_decay_mult=0.0, custom_keys={
+        '.priors.': dict(lr_mult=10.0, decay_mult=1.0), 'router': dict(lr_mult=2.0)})
+    optim = build_optim_wrapper(model, cfg.optim_wrapper)
+    group_of = {id(p): g for g in optim.optimizer.param_groups for p in g['params']}
+    base_lr = cfg.optim_wrapper.optimizer.lr
+    for unit in model.backbone.units.values():
+        for param in unit.priors.parameters():
+            assert group_of[id(param)]['lr'] == pytest.approx(10 * base_lr)
+            assert group_of[id(param)]['weight_decay'] == 0.0  # decay_mult cannot switch it on
+        for param in unit.router.parameters():
+            assert group_of[id(param)]['lr'] == pytest.approx(2 * base_lr)
+
+
 def test_parameter_report():
     _, model = build_tiny('mask_rcnn_vit_moppa.py')
     table = parameter_table(model)

@@ -15,8 +15,9 @@ class TrainableOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     - Modules without trainable parameters (the frozen timm model) are skipped whole, so
       neither the optimizer nor the log sees the frozen backbone (the default constructor
       warns once per frozen parameter).
-    - The units' physical parameters (k, c, t and the source map) get no weight decay, and
-      ``paramwise_cfg`` defaults to ``norm_decay_mult=0`` (no decay on norms).
+    - The units' physical parameters (k, c, t and the source map) never get weight decay
+      (decay would pull k, c, t towards an all-pass filter); ``custom_keys`` still set their
+      ``lr_mult``. ``paramwise_cfg`` defaults to ``norm_decay_mult=0`` (no decay on norms).
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
@@ -26,9 +27,8 @@ class TrainableOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                    is_dcn_module: int | float | None = None) -> None:
         if not any(p.requires_grad for p in module.parameters()):
             return
-        if isinstance(module, PhysicalPriors):
-            for param in module.parameters():
-                if param.requires_grad:
-                    params.append(dict(params=[param], weight_decay=0.0))
-            return
+        first_new = len(params)
         super().add_params(params, module, prefix, is_dcn_module)
+        if isinstance(module, PhysicalPriors):
+            for group in params[first_new:]:
+                group['weight_decay'] = 0.0

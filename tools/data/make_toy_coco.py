@@ -29,7 +29,7 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -284,6 +284,27 @@ def _annotation(mask: np.ndarray, label: int, image_id: int, ann_id: int) -> dic
     }
 
 
+def generator_record(split: str, num_images: int, cfg: ToyConfig, seed: int) -> dict:
+    """The arguments that determine a split, stored in its annotation file's ``info``."""
+    return {'split': split, 'num_images': num_images, 'seed': seed, **asdict(cfg)}
+
+
+def read_toy_info(root: str | os.PathLike, split: str) -> dict | None:
+    """The ``info`` of ``root``'s ``split`` annotation file if this script wrote it, else None.
+
+    Its ``generator`` entry (absent in sets made before it was recorded) holds the arguments.
+    """
+    ann_file = Path(root) / 'annotations' / f'instances_{split}.json'
+    try:
+        with open(ann_file) as f:
+            info = json.load(f).get('info')
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(info, dict) and str(info.get('description', '')).startswith('toy_coco '):
+        return info
+    return None
+
+
 def _write_split(root: Path, split: str, num_images: int, cfg: ToyConfig, seed: int) -> None:
     """Renders ``num_images`` images into ``root/split`` and writes their annotation file.
 
@@ -303,7 +324,8 @@ def _write_split(root: Path, split: str, num_images: int, cfg: ToyConfig, seed: 
         for label, mask in objects:
             annotations.append(_annotation(mask, label, image_id, len(annotations) + 1))
     coco = {
-        'info': {'description': f'toy_coco {split} split, seed {seed}', 'version': '1.0'},
+        'info': {'description': f'toy_coco {split} split, seed {seed}', 'version': '1.0',
+                 'generator': generator_record(split, num_images, cfg, seed)},
         'licenses': [],
         'images': images,
         'annotations': annotations,
