@@ -49,22 +49,29 @@ class Regressor(BaseModel):
         return dict(loss=((out - y) ** 2).mean()) if mode == 'loss' else out
 
 
-@pytest.fixture(scope='module')
-def mmengine_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A checkpoint written by a real Runner: Adam, two schedulers, message hub."""
-    work_dir = tmp_path_factory.mktemp('runner')
+def train_two_iterations(work_dir: Path, param_scheduler: list[dict]) -> Path:
+    """Trains ``Regressor`` for two iterations with a real Runner; returns its checkpoint."""
     runner = Runner(
-        model=Regressor(), work_dir=str(work_dir), experiment_name='safe_checkpoint',
+        model=Regressor(), work_dir=str(work_dir),
+        experiment_name=f'safe_checkpoint_{work_dir.name}',  # one logger and hub per run
         train_dataloader=dict(dataset=Pairs(), batch_size=2,
                               collate_fn=dict(type='default_collate'),
                               sampler=dict(type='DefaultSampler', shuffle=False)),
         train_cfg=dict(by_epoch=False, max_iters=2),
         optim_wrapper=dict(optimizer=dict(type='Adam', lr=0.01)),
-        param_scheduler=[dict(type='LinearLR', start_factor=0.5, by_epoch=False, end=1),
-                         dict(type='MultiStepLR', milestones=[1], by_epoch=False)],
+        param_scheduler=param_scheduler,
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False)))
     runner.train()
     return work_dir / 'iter_2.pth'
+
+
+@pytest.fixture(scope='module')
+def mmengine_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint written by a real Runner: Adam, two schedulers, message hub."""
+    return train_two_iterations(
+        tmp_path_factory.mktemp('runner'),
+        [dict(type='LinearLR', start_factor=0.5, by_epoch=False, end=1),
+         dict(type='MultiStepLR', milestones=[1], by_epoch=False)])
 
 
 def save_payload(path: Path, payload: object) -> Path:
@@ -96,6 +103,16 @@ def test_mmengine_checkpoint_loads_through_mmengine(mmengine_checkpoint: Path) -
     model = Regressor()
     mm_checkpoint.load_checkpoint(model, str(mmengine_checkpoint), map_location='cpu')
     assert torch.equal(model.linear.weight, checkpoint['state_dict']['linear.weight'])
+
+
+@pytest.mark.parametrize('strategy', ['cos', 'linear'])
+def test_one_cycle_scheduler_checkpoint_loads(tmp_path: Path, strategy: str) -> None:
+    from mmengine.optim.scheduler.param_scheduler import OneCycleParamScheduler
+    path = train_two_iterations(tmp_path, [dict(type='OneCycleLR', eta_max=0.01, total_steps=4,
+                                                anneal_strategy=strategy, by_epoch=False)])
+    checkpoint = mm_checkpoint._load_checkpoint(str(path), map_location='cpu')
+    anneal = checkpoint['param_schedulers'][0]['anneal_func']
+    assert anneal is getattr(OneCycleParamScheduler, f'_annealing_{strategy}')
 
 
 def test_numpy_1_spelling_loads(mmengine_checkpoint: Path, tmp_path: Path) -> None:

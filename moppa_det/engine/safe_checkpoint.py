@@ -11,6 +11,9 @@ dies with ``UnpicklingError: Weights only load failed``. The extra objects come 
   ``.mean``), which pickle protocol 2 writes as ``getattr(HistoryBuffer, 'min')``; its
   ``_log_history`` / ``_count_history`` are float64 / int64 numpy arrays.
 * ``message_hub.runtime_info['eta']``: a numpy float64 scalar.
+* ``param_schedulers`` of a ``OneCycleLR`` / ``OneCycleMomentum``: their ``anneal_func``, a
+  static method of ``OneCycleParamScheduler`` (``getattr(OneCycleParamScheduler,
+  '_annealing_cos')`` or ``'_annealing_linear'``).
 * Everything else (``meta``, ``state_dict``, ``optimizer``, ``param_schedulers`` with their
   ``collections.Counter`` milestones) is already allowed by torch.
 
@@ -18,7 +21,8 @@ Turning ``weights_only`` off would let any checkpoint run arbitrary code while i
 Instead, :func:`install_safe_checkpoint_loader` re-registers MMEngine's local-file loader so
 that it keeps ``weights_only=True`` and allows exactly those globals, for the duration of each
 load only (nothing is added to torch's process-wide allow-list). ``getattr`` is not allowed
-as such: a stand-in accepts only the four ``HistoryBuffer`` statistics methods. Anything else
+as such: a stand-in accepts only those ``HistoryBuffer`` and ``OneCycleParamScheduler``
+methods. Anything else
 is refused with :class:`UntrustedCheckpointError`, before any of it runs.
 
 Every local path goes through ``CheckpointLoader``: ``Runner.resume``,
@@ -35,6 +39,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.optim.scheduler.param_scheduler import OneCycleParamScheduler
 from mmengine.runner.checkpoint import CheckpointLoader
 
 try:
@@ -42,29 +47,33 @@ try:
 except ImportError:  # numpy < 2
     from numpy.core import multiarray  # type: ignore[no-redef]
 
-# The statistics methods ``HistoryBuffer.__getstate__`` pickles as ``getattr(cls, name)``.
-_HISTORY_BUFFER_METHODS = frozenset({'min', 'max', 'current', 'mean'})
+# The methods MMEngine checkpoints pickle as ``getattr(cls, name)``: the statistics functions
+# ``HistoryBuffer.__getstate__`` keeps, and the annealing function of the one-cycle schedulers.
+_PICKLED_METHODS: dict[type, frozenset[str]] = {
+    HistoryBuffer: frozenset({'min', 'max', 'current', 'mean'}),
+    OneCycleParamScheduler: frozenset({'_annealing_cos', '_annealing_linear'}),
+}
 
 
 class UntrustedCheckpointError(pickle.UnpicklingError):
     """A checkpoint holds a pickled object that is not on moppa_det's allow-list."""
 
 
-def _history_buffer_getattr(obj: Any, name: str) -> Callable:
-    """Stand-in for ``builtins.getattr`` while unpickling: HistoryBuffer statistics only.
+def _restricted_getattr(obj: Any, name: str) -> Callable:
+    """Stand-in for ``builtins.getattr`` while unpickling: the methods of ``_PICKLED_METHODS``.
 
     Args:
         obj: The object whose attribute the pickle asks for.
         name: The attribute name.
 
     Returns:
-        The unbound ``HistoryBuffer`` method.
+        The function ``obj.name``.
 
     Raises:
         pickle.UnpicklingError: For any other object or attribute.
     """
-    if obj is HistoryBuffer and name in _HISTORY_BUFFER_METHODS:
-        return getattr(HistoryBuffer, name)
+    if isinstance(obj, type) and name in _PICKLED_METHODS.get(obj, ()):
+        return getattr(obj, name)
     raise pickle.UnpicklingError(f'GLOBAL builtins.getattr called as getattr({obj!r}, {name!r})')
 
 
@@ -81,8 +90,8 @@ def _allow_list() -> list[Any]:
                        for function in (multiarray._reconstruct, multiarray.scalar)
                        for module in ('numpy._core.multiarray', 'numpy.core.multiarray')]
     return [
-        HistoryBuffer,
-        (_history_buffer_getattr, 'builtins.getattr'),
+        *_PICKLED_METHODS,
+        (_restricted_getattr, 'builtins.getattr'),
         np.ndarray,
         np.dtype,
         # ``BUILD`` checks the dtype instance's class: HistoryBuffer arrays and the ETA scalar.
