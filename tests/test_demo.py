@@ -23,15 +23,42 @@ def test_reuses_a_matching_set_and_regenerates_another(tmp_path: Path,
     prepare_data(root, num_train=3, num_val=2)
     assert (_num_images(root, 'train'), _num_images(root, 'val')) == (3, 2)
     assert read_toy_info(root, 'train')['generator']['num_images'] == 3
-    first = (root / 'train' / '000000.jpg').stat().st_mtime_ns
+    first = (root / 'train').stat().st_ino  # a regenerated set is a new directory
 
     prepare_data(root, num_train=3, num_val=2)
     assert 'using the toy dataset' in capsys.readouterr().out
-    assert (root / 'train' / '000000.jpg').stat().st_mtime_ns == first  # not rewritten
+    assert (root / 'train').stat().st_ino == first
+
+    (root / 'val' / '000001.jpg').unlink()  # an incomplete set is made again
+    prepare_data(root, num_train=3, num_val=2)
+    assert 'regenerating' in capsys.readouterr().out
+    assert (root / 'val' / '000001.jpg').is_file()
 
     prepare_data(root, num_train=4, num_val=2)
     assert 'made with other arguments; regenerating' in capsys.readouterr().out
     assert (_num_images(root, 'train'), _num_images(root, 'val')) == (4, 2)
+
+
+def test_regenerates_a_set_made_before_the_generator_was_recorded(tmp_path: Path) -> None:
+    root = tmp_path / 'toy_coco'
+    prepare_data(root, num_train=3, num_val=2)
+    ann_file = root / 'annotations' / 'instances_train.json'
+    coco = json.loads(ann_file.read_text())
+    del coco['info']['generator']
+    ann_file.write_text(json.dumps(coco))
+    prepare_data(root, num_train=3, num_val=2)
+    assert read_toy_info(root, 'train')['generator']['num_images'] == 3
+
+
+def test_refuses_a_toy_set_mixed_with_other_files(tmp_path: Path) -> None:
+    root = tmp_path / 'toy_coco'
+    prepare_data(root, num_train=3, num_val=2)
+    notes = root / 'my_notes.txt'
+    notes.write_text('keep me')
+    with pytest.raises(SystemExit, match='did not write'):
+        prepare_data(root, num_train=4, num_val=2)
+    assert notes.read_text() == 'keep me'
+    assert _num_images(root, 'train') == 3
 
 
 def test_refuses_to_overwrite_foreign_data(tmp_path: Path) -> None:
@@ -39,7 +66,7 @@ def test_refuses_to_overwrite_foreign_data(tmp_path: Path) -> None:
     (root / 'annotations').mkdir(parents=True)
     foreign = root / 'annotations' / 'instances_train.json'
     foreign.write_text(json.dumps({'info': {'description': 'my own data'}, 'images': []}))
-    with pytest.raises(SystemExit, match='did not make'):
+    with pytest.raises(SystemExit, match='did not write'):
         prepare_data(root, num_train=3, num_val=2)
     assert json.loads(foreign.read_text())['info']['description'] == 'my own data'
     assert sorted(p.name for p in root.rglob('*')) == ['annotations', 'instances_train.json']

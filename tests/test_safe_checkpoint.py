@@ -11,6 +11,7 @@ import pytest
 import torch
 from mmengine.logging import HistoryBuffer, MessageHub
 from mmengine.model import BaseModel
+from mmengine.optim.scheduler.param_scheduler import OneCycleParamScheduler
 from mmengine.runner import Runner
 from mmengine.runner import checkpoint as mm_checkpoint
 from torch import nn
@@ -107,7 +108,6 @@ def test_mmengine_checkpoint_loads_through_mmengine(mmengine_checkpoint: Path) -
 
 @pytest.mark.parametrize('strategy', ['cos', 'linear'])
 def test_one_cycle_scheduler_checkpoint_loads(tmp_path: Path, strategy: str) -> None:
-    from mmengine.optim.scheduler.param_scheduler import OneCycleParamScheduler
     path = train_two_iterations(tmp_path, [dict(type='OneCycleLR', eta_max=0.01, total_steps=4,
                                                 anneal_strategy=strategy, by_epoch=False)])
     checkpoint = mm_checkpoint._load_checkpoint(str(path), map_location='cpu')
@@ -147,17 +147,26 @@ class RunsAShellCommand:
         return os.system, (f'touch {self.marker}',)
 
 
-class ReachesAHistoryBufferMethod:
-    """Abuses the ``getattr`` that HistoryBuffer's pickles need."""
+class ReachesAnAllowedClassAttribute:
+    """Abuses the ``getattr`` that HistoryBuffer's and one-cycle schedulers' pickles need."""
+
+    def __init__(self, owner: type, name: object) -> None:
+        self.owner, self.name = owner, name
 
     def __reduce__(self):
-        return getattr, (HistoryBuffer, 'update')
+        return getattr, (self.owner, self.name)
 
 
 @pytest.mark.parametrize('make_payload, offender', [
     (lambda marker: RunsAShellCommand(marker), f'{os.system.__module__}.system'),
     (lambda marker: SetsAFlag(), f'{__name__}.SetsAFlag'),
-    (lambda marker: ReachesAHistoryBufferMethod(), "'update'"),
+    (lambda marker: ReachesAnAllowedClassAttribute(HistoryBuffer, 'update'), "'update'"),
+    (lambda marker: ReachesAnAllowedClassAttribute(OneCycleParamScheduler, '__init__'),
+     "'__init__'"),
+    (lambda marker: ReachesAnAllowedClassAttribute(HistoryBuffer, '_annealing_cos'),
+     "'_annealing_cos'"),
+    (lambda marker: ReachesAnAllowedClassAttribute(OneCycleParamScheduler, ['mean']),
+     "['mean']"),
     (lambda marker: np.zeros(2, dtype=np.float32), 'Float32DType'),
 ])
 def test_untrusted_objects_are_refused(tmp_path: Path, make_payload, offender: str) -> None:

@@ -72,7 +72,8 @@ def _restricted_getattr(obj: Any, name: str) -> Callable:
     Raises:
         pickle.UnpicklingError: For any other object or attribute.
     """
-    if isinstance(obj, type) and name in _PICKLED_METHODS.get(obj, ()):
+    if (isinstance(obj, type) and isinstance(name, str)
+            and name in _PICKLED_METHODS.get(obj, ())):
         return getattr(obj, name)
     raise pickle.UnpicklingError(f'GLOBAL builtins.getattr called as getattr({obj!r}, {name!r})')
 
