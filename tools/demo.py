@@ -42,14 +42,6 @@ def run(command: list[str]) -> None:
         raise SystemExit(f'demo step failed ({completed.returncode}): {" ".join(command)}')
 
 
-def _toy_layout_only(data_root: Path) -> bool:
-    """True if ``data_root`` holds nothing but what make_toy_coco.py writes."""
-    annotations = data_root / 'annotations'
-    return ({p.name for p in data_root.iterdir()} <= {'annotations', 'train', 'val'} and
-            (not annotations.is_dir() or {p.name for p in annotations.iterdir()} <=
-             {'instances_train.json', 'instances_val.json'}))
-
-
 def prepare_data(data_root: Path, num_train: int, num_val: int, seed: int = 0) -> None:
     """Makes the toy dataset once; a toy set made with other arguments is regenerated.
 
@@ -57,24 +49,15 @@ def prepare_data(data_root: Path, num_train: int, num_val: int, seed: int = 0) -
         SystemExit: ``data_root`` holds anything make_toy_coco.py did not write (never
             overwritten).
     """
-    from tools.data.make_toy_coco import (SPLITS, ToyConfig, generator_record, make_dataset,
-                                          read_toy_info)
-    config = ToyConfig(img_size=DEMO_IMAGE_SIDE)
-    counts = dict(zip(SPLITS, (num_train, num_val)))
-    wanted = {split: generator_record(split, count, config, seed)
-              for split, count in counts.items()}
-    infos = {split: read_toy_info(data_root, split) for split in SPLITS}
-    found = {split: (info or {}).get('generator') for split, info in infos.items()}
-    complete = all((data_root / split).is_dir() and
-                   sum(1 for _ in (data_root / split).iterdir()) == count
-                   for split, count in counts.items())
-    if found == wanted and complete:
+    from tools.data.make_toy_coco import dataset_status, make_dataset
+    status = dataset_status(data_root, num_train, num_val, DEMO_IMAGE_SIDE, seed)
+    if status == 'current':
         print(f'using the toy dataset in {data_root} ({num_train} train, {num_val} val images)')
         return
-    if data_root.exists() and any(data_root.iterdir()):
-        if not (any(infos.values()) and _toy_layout_only(data_root)):
-            raise SystemExit(f'{data_root} holds files that tools/data/make_toy_coco.py did not '
-                             'write; move them away or pass --data-root')
+    if status == 'foreign':
+        raise SystemExit(f'{data_root} holds files that tools/data/make_toy_coco.py did not '
+                         'write; move them away or pass --data-root')
+    if status == 'replaceable':
         print(f'{data_root} holds an incomplete toy set or one made with other arguments; '
               'regenerating it')
     make_dataset(data_root, num_train=num_train, num_val=num_val, img_size=DEMO_IMAGE_SIDE,

@@ -289,20 +289,58 @@ def generator_record(split: str, num_images: int, cfg: ToyConfig, seed: int) -> 
     return {'split': split, 'num_images': num_images, 'seed': seed, **asdict(cfg)}
 
 
+def annotation_path(root: str | os.PathLike, split: str) -> Path:
+    """Where the annotation file of ``split`` lives under ``root``."""
+    return Path(root) / 'annotations' / f'instances_{split}.json'
+
+
 def read_toy_info(root: str | os.PathLike, split: str) -> dict | None:
     """The ``info`` of ``root``'s ``split`` annotation file if this script wrote it, else None.
 
     Its ``generator`` entry (absent in sets made before it was recorded) holds the arguments.
     """
-    ann_file = Path(root) / 'annotations' / f'instances_{split}.json'
     try:
-        with open(ann_file) as f:
+        with open(annotation_path(root, split)) as f:
             info = json.load(f).get('info')
     except (OSError, ValueError, AttributeError):
         return None
     if isinstance(info, dict) and str(info.get('description', '')).startswith('toy_coco '):
         return info
     return None
+
+
+def dataset_status(root: str | os.PathLike, num_train: int, num_val: int,
+                   img_size: int = ToyConfig.img_size, seed: int = 0) -> str:
+    """What ``root`` holds, compared with what ``make_dataset`` would write with these arguments.
+
+    Returns:
+        'current': a complete toy set made with these arguments (and default knobs);
+        'absent': nothing (no directory, or an empty one);
+        'replaceable': only files this script writes, from other arguments or incomplete;
+        'foreign': anything else, which must not be overwritten.
+    """
+    root = Path(root)
+    if not root.is_dir() or not any(root.iterdir()):
+        return 'absent'
+    infos = {split: read_toy_info(root, split) for split in SPLITS}
+    if not any(infos.values()) or not _holds_only_own_files(root):
+        return 'foreign'
+    cfg = ToyConfig(img_size=img_size)
+    for split, count in zip(SPLITS, (num_train, num_val)):
+        images = root / split
+        if ((infos[split] or {}).get('generator') != generator_record(split, count, cfg, seed)
+                or not images.is_dir() or sum(1 for _ in images.iterdir()) != count):
+            return 'replaceable'
+    return 'current'
+
+
+def _holds_only_own_files(root: Path) -> bool:
+    """True if ``root``'s top level and ``annotations/`` hold only names this script writes."""
+    annotations = root / 'annotations'
+    own_annotations = {annotation_path(root, split).name for split in SPLITS}
+    if not {p.name for p in root.iterdir()} <= {annotations.name, *SPLITS}:
+        return False
+    return not annotations.is_dir() or {p.name for p in annotations.iterdir()} <= own_annotations
 
 
 def _write_split(root: Path, split: str, num_images: int, cfg: ToyConfig, seed: int) -> None:
@@ -332,7 +370,7 @@ def _write_split(root: Path, split: str, num_images: int, cfg: ToyConfig, seed: 
         'categories': [{'id': i + 1, 'name': name, 'supercategory': 'shape'}
                        for i, name in enumerate(CLASSES)],
     }
-    with open(root / 'annotations' / f'instances_{split}.json', 'w') as f:
+    with open(annotation_path(root, split), 'w') as f:
         json.dump(coco, f)
 
 
@@ -359,9 +397,9 @@ def make_dataset(out_dir: str | os.PathLike,
                  img_size: int = 256,
                  seed: int = 0,
                  *,
-                 max_objects: int = 8,
-                 min_rel_size: float = 0.05,
-                 max_rel_size: float = 0.25,
+                 max_objects: int = ToyConfig.max_objects,
+                 min_rel_size: float = ToyConfig.min_rel_size,
+                 max_rel_size: float = ToyConfig.max_rel_size,
                  overwrite: bool = False) -> Path:
     """Generates the toy dataset into ``out_dir`` atomically.
 
