@@ -142,7 +142,7 @@ def test_config_errors_name_the_problem(options, message):
 
 def test_route_reg_config_validates():
     assert RouteRegConfig.from_dict(dict(weight=0.1)).weight == 0.1
-    with pytest.raises(ValueError, match='kind'):
+    with pytest.raises(ValueError, match=r"^model\.route_reg: kind='cosine' is not one of"):
         RouteRegConfig(kind='cosine')
     with pytest.raises(ValueError, match='unknown key'):
         RouteRegConfig.from_dict(dict(wieght=1.0))

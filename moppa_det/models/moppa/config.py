@@ -29,11 +29,12 @@ def _from_mapping(cls: type, options: dict[str, Any] | None, label: str) -> Any:
     return cls(**options)
 
 
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+def _check_choice(name: str, value: Any, choices: tuple[str, ...],
+                  label: str = 'MoPPA config') -> None:
     if value not in choices:
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f' Did you mean {close[0]!r}?' if close else ''
-        raise ValueError(f'MoPPA config: {name}={value!r} is not one of {choices}.{hint}')
+        raise ValueError(f'{label}: {name}={value!r} is not one of {choices}.{hint}')
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ class RouteRegConfig:
     decay_fraction: float | None = None
 
     def __post_init__(self) -> None:
-        _check_choice('model.route_reg.kind', self.kind, ROUTE_REG_KINDS)
+        _check_choice('kind', self.kind, ROUTE_REG_KINDS, label='model.route_reg')
         if self.weight < 0:
             raise ValueError(f'model.route_reg.weight={self.weight!r} must be >= 0.')
         if self.decay_fraction is not None and not 0 < self.decay_fraction <= 1:
