@@ -52,7 +52,12 @@ def check_annotation_file(key: str, path: str) -> None:
 
 
 def check_annotation_files(cfg: Any, splits: tuple[str, ...] = ('train', 'val', 'test')) -> None:
-    """Checks every annotation file of the given splits."""
+    """Checks every annotation file of the given splits, each distinct path once.
+
+    A split's dataset and evaluator usually name the same file; it is parsed only once.
+    """
+    checked = set()
     for key, path in annotation_files(cfg):
-        if key.split('_')[0] in splits:
+        if key.split('_')[0] in splits and osp.abspath(path) not in checked:
             check_annotation_file(key, path)
+            checked.add(osp.abspath(path))
