@@ -22,8 +22,8 @@ Instead, :func:`install_safe_checkpoint_loader` re-registers MMEngine's local-fi
 that it keeps ``weights_only=True`` and allows exactly those globals, for the duration of each
 load only (nothing is added to torch's process-wide allow-list). ``getattr`` is not allowed
 as such: a stand-in accepts only those ``HistoryBuffer`` and ``OneCycleParamScheduler``
-methods. Anything else
-is refused with :class:`UntrustedCheckpointError`, before any of it runs.
+methods. Anything else is refused with :class:`UntrustedCheckpointError`, before any of it
+runs.
 
 Every local path goes through ``CheckpointLoader``: ``Runner.resume``,
 ``Runner.load_checkpoint`` (``load_from``), ``mmengine.runner.load_checkpoint`` and
