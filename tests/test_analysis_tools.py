@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from moppa_det.ops import dct2
-from tools.analysis import adaptation_analysis, benchmark_unit
+from tools.analysis import adaptation_analysis, benchmark_backbone_dtype, benchmark_unit
 
 
 @pytest.fixture(autouse=True)
@@ -33,6 +33,15 @@ def test_benchmark_rows_ratios_and_matched_budgets(capsys):
     benchmark_unit.main(['--dims', '16', '--grids', '3', '--repeats', '1', '--warmup', '1'])
     printed = capsys.readouterr().out
     assert 'MoPPA/LoRA' in printed and 'Saved activations' in printed
+
+
+def test_backbone_dtype_benchmark_prints_both_times_and_their_ratio(capsys):
+    benchmark_backbone_dtype.main(['--batch', '1', '--side', '64', '--repeats', '1'])
+    out = capsys.readouterr().out
+    times = [float(line.split()[1]) for line in out.splitlines() if line.endswith(' ms')]
+    ratio = float(out.split('time ratio:')[1].strip().rstrip('x'))
+    assert len(times) == 2 and all(t > 0 for t in times)
+    assert ratio == pytest.approx(times[0] / times[1], rel=0.05)  # printed rounded
 
 
 def test_target_is_high_frequency_and_normalised():

@@ -45,9 +45,10 @@ class TimmMoPPABackbone(BaseModule):
             ``None``: every block.
         with_cp: Non-reentrant activation checkpointing of every block.
         autocast_dtype: Run the backbone under ``torch.autocast`` with this dtype ('bfloat16'
-            or 'float16'; the units' spectral path stays float32); outputs are float32. Frozen
-            features in bfloat16 are 3-4x faster on CPUs with AVX512-BF16, where MMEngine's
-            AMP wrapper is not available.
+            or 'float16'; the units' spectral path stays float32); outputs are float32. On
+            CPUs, where MMEngine's AMP wrapper is not available, bfloat16 made the frozen
+            ViT-S 2.0x faster on a 2-core AVX512-BF16 machine
+            (tools/analysis/benchmark_backbone_dtype.py).
         drop_path_rate: Stochastic depth of the (frozen) blocks.
         img_size: Nominal image size the timm model is built for.
         model_kwargs: Extra keyword arguments for ``timm.create_model`` (e.g. a smaller depth).
