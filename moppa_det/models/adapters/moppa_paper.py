@@ -6,8 +6,9 @@ on each image's valid grid (see :mod:`moppa_det.ops.paper_filter` for R). No bot
 projection, no zero-init: at step 0 the network is **not** the pre-trained one. The DC gain is
 R(0, 0, c) = w_heat + w_wave + w_poisson * ReLU(T_poisson[j]) (heat and wave pass DC), about
 2/3 + 0.5/3 = 0.83 with the default initialisation; towards high frequencies heat and wave
-both roll off (lambda <= 2 pi^2, so lambda * a_wave < 1 and the wave gain stays in (0.5, 1])
-while the Poisson gain is flat: a fixed low-pass mix. Class/register tokens pass unchanged.
+both roll off (lambda < 2 pi^2 and a_wave ~ 0.05, so the wave gain falls only to about
+cos(1) ~ 0.55 and does not ring yet) while the Poisson gain is flat: a fixed low-pass mix.
+Class/register tokens pass unchanged.
 
 Parameters: coefficient maps K (P, S_h, S_w, heads), one tensor per stage shared by all its
 blocks (a plain ViT has one stage; Swin's stages differ in heads); per block times
