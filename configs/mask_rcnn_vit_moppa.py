@@ -1,6 +1,6 @@
 # ViT-B/16 (MAE) frozen + MoPPA, SimpleFPN, Mask R-CNN, COCO 2017, 1x (12 epochs), 8 GPUs x 2.
 _base_ = [
-    './_base_/models/mask_rcnn_vit_moppa_simplefpn.py',
+    './_base_/models/mask_rcnn_vit_simplefpn.py',
     'mmdet::_base_/datasets/coco_instance.py',
     './_base_/moppa_runtime.py',
 ]

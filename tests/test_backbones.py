@@ -1,4 +1,4 @@
-"""MoPPA-wrapped timm ViT and Swin backbones on tiny CPU models."""
+"""The adapter hosts on timm ViT and Swin, with MoPPA (the default adapter), on tiny CPU models."""
 import copy
 
 import pytest
@@ -6,8 +6,12 @@ import timm
 import torch
 from conftest import TINY_PLAIN_VIT, TINY_SWIN, TINY_VIT
 
-from moppa_det.models.backbones import (BackboneBuildError, BackboneCheckpointMismatch,
-                                        MoPPASwin, MoPPAViT)
+from moppa_det.models.backbones import (
+    BackboneBuildError,
+    BackboneCheckpointMismatch,
+    MoPPASwin,
+    MoPPAViT,
+)
 from moppa_det.models.backbones.meta import decode_meta, encode_meta
 
 
@@ -27,9 +31,14 @@ def plain_timm_copy(backbone, spec, **kwargs):
     return model.eval()  # timm's default drop_path_rate may differ from the backbone's
 
 
+def units(backbone):
+    """The MoPPA units of a backbone, keyed by block."""
+    return backbone.adapters['moppa'].units
+
+
 def perturb_units(backbone):
     with torch.no_grad():
-        for unit in backbone.units.values():
+        for unit in units(backbone).values():
             unit.up.weight.normal_(std=0.5)
             unit.router.proj.weight.normal_(std=0.5)
 
@@ -79,8 +88,8 @@ def test_units_change_the_output_once_trained():
 def test_frozen_when_built_and_after_train(factory):
     backbone = factory()
     assert not any(p.requires_grad for p in backbone.model.parameters())
-    assert all(p.requires_grad for p in backbone.units.parameters())
-    assert len(backbone.units) == len(backbone.blocks())
+    assert all(p.requires_grad for p in units(backbone).parameters())
+    assert len(units(backbone)) == len(backbone.sites())
     backbone.train()
     backbone.model.requires_grad_(True)  # e.g. a careless hook
     backbone.train()
@@ -91,7 +100,7 @@ def test_frozen_when_built_and_after_train(factory):
 def test_only_units_change_and_all_get_gradients(factory):
     backbone = factory()
     frozen_before = copy.deepcopy(backbone.model.state_dict())
-    units_before = copy.deepcopy(backbone.units.state_dict())
+    units_before = copy.deepcopy(units(backbone).state_dict())
     optimizer = torch.optim.AdamW([p for p in backbone.parameters() if p.requires_grad], lr=1e-2)
     x = torch.randn(2, 3, 64, 80)
     for _ in range(3):
@@ -103,7 +112,7 @@ def test_only_units_change_and_all_get_gradients(factory):
             assert param.grad is not None and param.grad.abs().sum() > 0, name
     for key, value in backbone.model.state_dict().items():
         assert torch.equal(value, frozen_before[key]), key
-    changed = [k for k, v in backbone.units.state_dict().items()
+    changed = [k for k, v in units(backbone).state_dict().items()
                if not torch.equal(v, units_before[k])]
     assert changed and all(k.split('.')[1] in ('down', 'up', 'router', 'priors') for k in changed)
 
@@ -114,12 +123,12 @@ def test_non_reentrant_checkpointing_gives_units_the_same_gradients(factory):
     checkpointed.load_state_dict(plain.state_dict())
     perturb_units(plain)
     perturb_units(checkpointed)
-    checkpointed.units.load_state_dict(plain.units.state_dict())
+    units(checkpointed).load_state_dict(units(plain).state_dict())
     x = torch.randn(1, 3, 64, 64)
     for backbone in (plain, checkpointed):
         backbone.train()
         sum(o.sum() for o in backbone(x)).backward()
-    for (name, a), b in zip(plain.units.named_parameters(), checkpointed.units.parameters()):
+    for (name, a), b in zip(units(plain).named_parameters(), units(checkpointed).parameters()):
         assert b.grad is not None and b.grad.abs().sum() > 0, name
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6)
 
@@ -135,12 +144,14 @@ def test_init_weights_touches_nothing():
 
 def test_plain_backbone_without_units():
     backbone = make_vit(moppa=None)
-    assert len(backbone.units) == 0 and backbone.route_statistics() == {}
+    assert len(backbone.adapters) == 0 and backbone.auxiliary_losses() == {}
     assert not any(p.requires_grad for p in backbone.parameters())
 
 
 def test_unit_blocks_selects_blocks_and_validates():
-    assert list(make_vit(unit_blocks=[1]).units) == ['1']
+    assert list(units(make_vit(unit_blocks=[1]))) == ['1']
+    assert list(units(make_vit(adapter_blocks=[0]))) == ['0']
+    assert list(units(make_vit(adapter=dict(type='MoPPA', blocks=[1])))) == ['1']
     with pytest.raises(ValueError, match='block 5 does not exist'):
         make_vit(unit_blocks=[5])
 
@@ -156,7 +167,7 @@ def test_deepcopy_hooks_use_the_copys_units():
 def test_route_statistics_per_unit():
     backbone = make_swin()
     backbone(torch.randn(1, 3, 64, 64))
-    stats = backbone.route_statistics()
+    stats = backbone.adapters['moppa'].route_statistics()
     assert len(stats) == 5
     for value in stats.values():
         torch.testing.assert_close(value['mean_alpha'].sum(), torch.tensor(1.0))
@@ -174,9 +185,9 @@ def test_bad_inputs_are_explained():
         make_vit()(torch.randn(1, 1, 64, 64))
     with pytest.raises(ValueError, match='at least 16 pixels'):
         make_vit()(torch.randn(1, 3, 8, 64))
-    with pytest.raises(ValueError, match="model.backbone.moppa: unknown key 'bottelneck'"):
+    with pytest.raises(ValueError, match=r"adapter\['MoPPA'\].*unknown key 'bottelneck'"):
         make_vit(moppa=dict(bottelneck=4))
-    with pytest.raises(ValueError, match="model.backbone.moppa: router='tokens'"):
+    with pytest.raises(ValueError, match=r"adapter\['MoPPA'\].*router='tokens'"):
         make_vit(moppa=dict(router='tokens'))
     with pytest.raises(BackboneBuildError, match="no pretrained tag 'mea'"):
         MoPPAViT(model_name='vit_base_patch16_224.mea')
@@ -246,7 +257,7 @@ def test_bfloat16_autocast_backbone(factory):
         assert (ours - theirs).norm() < 0.05 * theirs.norm()
     sum(o.sum() for o in fast(x)).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all()
-               for p in fast.units.parameters())
+               for p in units(fast).parameters())
     with pytest.raises(ValueError, match="autocast_dtype='fp8'"):
         factory(autocast_dtype='fp8')
 
@@ -270,7 +281,7 @@ def test_swin_shifts_windows_in_every_stage():
 
 def test_full_checkpoint_with_other_weights_updates_the_identity(tmp_path):
     trained, other = make_vit(), make_vit()  # different random frozen weights
-    other.weights_sha256  # cached before loading, as the runner does
+    assert other.weights_sha256  # cached before loading, as the runner does
     other.load_state_dict(trained.state_dict())  # full: brings trained's frozen weights
     assert other.weights_sha256 == trained.weights_sha256
     fresh = make_vit()

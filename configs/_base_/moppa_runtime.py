@@ -24,6 +24,7 @@ auto_scale_lr = dict(enable=False, base_batch_size=16)  # 8 GPUs x 2 images
 
 default_hooks = dict(checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3))
 custom_hooks = [
+    dict(type='AdapterHostHook'),  # any detector: valid image sizes in, auxiliary losses out
     dict(type='ParameterReportHook'),
     dict(type='TrainableCheckpointHook'),  # checkpoints hold units, neck, heads, optimizer, meta
 ]

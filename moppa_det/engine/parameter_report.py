@@ -1,4 +1,6 @@
-"""Counting parameters by group, PEFT style: 'trainable params: N || all params: M || trainable%: P'."""
+"""Counting parameters by group, PEFT style:
+'trainable params: N || all params: M || trainable%: P'.
+"""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -14,34 +16,37 @@ def unwrap(model: nn.Module) -> nn.Module:
 def parameter_groups(model: nn.Module) -> 'OrderedDict[str, list[nn.Parameter]]':
     """Splits a detector's parameters by module structure.
 
-    Groups: 'backbone (frozen)', 'MoPPA units' (``backbone.units``), 'backbone (other
-    trainable)', 'neck', 'heads' (everything else: RPN, RoI heads, ...).
+    Groups: 'backbone (pre-trained)' (the timm model, frozen or fine-tuned), one
+    'adapter: <Type>' per adapter of the backbone, 'backbone (other)', 'neck', 'heads'
+    (everything else: RPN, RoI heads, ...).
     """
     model = unwrap(model)
-    groups: OrderedDict[str, list[nn.Parameter]] = OrderedDict(
-        (name, []) for name in ('backbone (frozen)', 'MoPPA units', 'backbone (other trainable)',
-                                'neck', 'heads'))
+    groups: OrderedDict[str, list[nn.Parameter]] = OrderedDict()
+    owner: dict[int, str] = {}
     backbone = getattr(model, 'backbone', None)
-    units = getattr(backbone, 'units', None)
-    unit_ids = {id(p) for p in units.parameters()} if units is not None else set()
-    backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
-    neck = getattr(model, 'neck', None)
-    neck_ids = {id(p) for p in neck.parameters()} if neck is not None else set()
+    timm_model = getattr(backbone, 'model', None)
+    for module, name in [(timm_model, 'backbone (pre-trained)')] + [
+            (adapter, f'adapter: {type(adapter).__name__}')
+            for adapter in getattr(backbone, 'adapters', {}).values()] + [
+            (backbone, 'backbone (other)'), (getattr(model, 'neck', None), 'neck')]:
+        groups[name] = []
+        if module is not None:
+            for param in module.parameters():
+                owner.setdefault(id(param), name)
+    groups['heads'] = []
     for param in model.parameters():
-        if id(param) in unit_ids:
-            groups['MoPPA units'].append(param)
-        elif id(param) in backbone_ids:
-            key = 'backbone (other trainable)' if param.requires_grad else 'backbone (frozen)'
-            groups[key].append(param)
-        elif id(param) in neck_ids:
-            groups['neck'].append(param)
-        else:
-            groups['heads'].append(param)
+        groups[owner.get(id(param), 'heads')].append(param)
     return groups
 
 
 def count(params: list[nn.Parameter], trainable_only: bool = False) -> int:
     return sum(p.numel() for p in params if p.requires_grad or not trainable_only)
+
+
+def trainable_backbone_parameters(model: nn.Module) -> int:
+    """Trainable parameters of the backbone (adapters, or all of it when fine-tuned)."""
+    backbone = getattr(unwrap(model), 'backbone', None)
+    return 0 if backbone is None else count(list(backbone.parameters()), trainable_only=True)
 
 
 def trainable_summary(model: nn.Module) -> str:

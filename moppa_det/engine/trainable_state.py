@@ -10,7 +10,7 @@ STATE_DICT_KEYS = ('state_dict', 'ema_state_dict')
 
 
 def frozen_prefixes(state_dict: dict[str, Any]) -> list[str]:
-    """Prefixes of the frozen timm weights of every MoPPA backbone in a state dict.
+    """Prefixes of the frozen timm weights of every frozen moppa_det backbone in a state dict.
 
     A MoPPA backbone is recognised by its ``_extra_state`` entry holding 'weights_sha256';
     its frozen weights live under '<backbone prefix>model.'.
@@ -18,7 +18,8 @@ def frozen_prefixes(state_dict: dict[str, Any]) -> list[str]:
     prefixes = []
     for key, value in state_dict.items():
         meta = decode_meta(value) if key.endswith(EXTRA_STATE_KEY) else None
-        if meta is not None and 'weights_sha256' in meta:
+        # A fully fine-tuned backbone (frozen=False) trained its weights: they stay.
+        if meta is not None and 'weights_sha256' in meta and meta.get('frozen', True):
             prefixes.append(key[:-len(EXTRA_STATE_KEY)] + FROZEN_PREFIX)
     return prefixes
 

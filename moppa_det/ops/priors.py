@@ -68,6 +68,9 @@ class PhysicalPriors(nn.Module):
         source_resize: Interpolation used to resize S to the runtime grid.
     """
 
+    # Read by the optimizer constructor: decay would pull k, c, t towards an all-pass filter.
+    no_weight_decay = True
+
     def __init__(self, channels: int, priors: tuple[str, ...] = PRIOR_NAMES, init_kt: float = 0.1,
                  init_ct: float = 0.5, init_t: float = 1.0, poisson: str = 'screened',
                  source: str = 'multiply', source_size: tuple[int, int] = (14, 14),

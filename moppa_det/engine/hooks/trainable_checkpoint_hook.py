@@ -13,7 +13,7 @@ class TrainableCheckpointHook(Hook):
 
     The units, neck, heads, optimizer, schedulers and message hub stay; the backbone's
     ``_extra_state`` (model name, sha256 of its weights) stays too, so loading checks that the
-    config builds the same frozen weights before filling them in (see ``TimmMoPPABackbone``).
+    config builds the same frozen weights before filling them in (see ``TimmAdapterBackbone``).
     """
 
     priority = 'VERY_LOW'

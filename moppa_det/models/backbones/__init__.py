@@ -1,8 +1,9 @@
-"""MoPPA-wrapped timm backbones registered in MMDetection's MODELS registry."""
-from .base import BackboneCheckpointMismatch, TimmMoPPABackbone
+"""Adapter hosts on timm backbones, registered in MMDetection's MODELS registry."""
+from .base import TimmAdapterBackbone
+from .meta import BackboneCheckpointMismatch
 from .swin import MoPPASwin
 from .timm_factory import BackboneBuildError
 from .vit import MoPPAViT
 
-__all__ = ['TimmMoPPABackbone', 'MoPPAViT', 'MoPPASwin', 'BackboneBuildError',
+__all__ = ['TimmAdapterBackbone', 'MoPPAViT', 'MoPPASwin', 'BackboneBuildError',
            'BackboneCheckpointMismatch']

@@ -1,33 +1,41 @@
-"""Mask R-CNN whose loss includes the MoPPA units' route regularization."""
+"""Mask R-CNN with its backbone's adapters connected (kept for configs of the first release).
+
+Any detector gets the same through ``attach_adapter_hooks`` (done by the ``AdapterHostHook`` of
+the moppa_det runtime), so new configs use plain ``MaskRCNN`` / ``CascadeRCNN``.
+"""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-import torch
 from mmdet.models.detectors import MaskRCNN
 from mmdet.registry import MODELS
-from mmdet.structures import SampleList
 
-from .route_regularized import RouteRegularizedMixin, check_neck_fits_backbone
+from ..moppa import RouteRegConfig
+from .adapter_hooks import attach_adapter_hooks
+from .checks import check_neck_fits_backbone
 
 
 @MODELS.register_module()
-class MoPPAMaskRCNN(RouteRegularizedMixin, MaskRCNN):
-    """Mask R-CNN + ``loss_route``.
+class MoPPAMaskRCNN(MaskRCNN):
+    """Mask R-CNN + the adapters' auxiliary losses (``loss_route`` for MoPPA).
 
     Args:
-        route_reg: Options of :class:`RouteRegConfig` (kind, weight, decay_fraction).
+        route_reg: Options of :class:`RouteRegConfig` for the backbone's MoPPA adapter
+            (kind, weight, decay_fraction); ``None`` keeps the adapter's own.
         **kwargs: Those of ``mmdet.models.MaskRCNN``.
     """
 
     def __init__(self, *args: Any, route_reg: dict[str, Any] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.init_route_reg(route_reg)
         check_neck_fits_backbone(self.backbone, getattr(self, 'neck', None))
+        attach_adapter_hooks(self)
+        if route_reg is not None:
+            self._set_route_reg(RouteRegConfig.from_dict(route_reg))
 
-    def loss(self, batch_inputs: torch.Tensor,
-             batch_data_samples: SampleList) -> dict[str, torch.Tensor]:
-        losses = super().loss(batch_inputs, batch_data_samples)
-        losses.update(self.route_loss_terms())
-        return losses
+    def _set_route_reg(self, route_reg: RouteRegConfig) -> None:
+        moppa = getattr(self.backbone, 'adapters', {}).get('moppa')
+        if moppa is None:
+            raise ValueError('model.route_reg is given but model.backbone has no MoPPA adapter')
+        moppa.options = dataclasses.replace(moppa.options, route_reg=route_reg)

@@ -148,9 +148,10 @@ class RouteRegConfig:
                              '(0, 1] or None.')
 
     @classmethod
-    def from_dict(cls, options: dict[str, Any] | None) -> 'RouteRegConfig':
+    def from_dict(cls, options: dict[str, Any] | None,
+                  label: str = 'model.route_reg') -> 'RouteRegConfig':
         """Builds a config from a mapping; an unknown key raises ``ValueError`` naming it."""
-        return _from_mapping(cls, options, 'model.route_reg')
+        return _from_mapping(cls, options, label)
 
 
 __all__ = ['MoPPAConfig', 'RouteRegConfig', 'ROUTER_MODES', 'PLACEMENTS', 'ACTIVATIONS',

@@ -1,4 +1,5 @@
-"""One MoPPA unit: down-projection, heat/wave/Poisson priors in the DCT domain, router, up-projection.
+"""One MoPPA unit: down-projection, heat/wave/Poisson priors in the DCT domain, router,
+up-projection.
 
 For input a (tokens after norm1, or a (B, H, W, D) map):
     z = act(a W_down + b)                    (B, H, W, r)

@@ -1,5 +1,5 @@
-"""Necks: SimpleFPN for single-scale ViT features."""
-from .layer_norm_2d import LayerNorm2d
+"""Necks: SimpleFPN for single-scale ViT features, and the LN2d norm it uses."""
+from .norms import LayerNorm2d
 from .simple_fpn import SimpleFPN
 
 __all__ = ['SimpleFPN', 'LayerNorm2d']

@@ -26,16 +26,19 @@ class SimpleFPN(BaseModule):
         out_channels: Channels of every output level.
         scale_factors: Up/down-sampling factors of the levels, largest first; from {4, 2, 1, 0.5}.
         num_outs: Number of outputs (>= len(scale_factors)).
-        norm_cfg: Norm of the convolutions (LN2d as in ViTDet, or GN/BN/SyncBN).
-        init_cfg: MMEngine init config of the neck.
+        norm_cfg: Norm of the convolutions: a config dict, a norm type name ('LN2d' as in
+            ViTDet, the default; 'GN' needs a dict with num_groups) or None for no norm.
+        init_cfg: MMEngine init config of the neck; None: Xavier-uniform convolutions
+            (ViTDet's).
     """
 
     def __init__(self, in_channels: int | Sequence[int], out_channels: int,
                  scale_factors: Sequence[float] = (4.0, 2.0, 1.0, 0.5), num_outs: int = 5,
-                 norm_cfg: dict | None = dict(type='LN2d'),
-                 init_cfg: dict | list | None = dict(type='Xavier', layer='Conv2d',
-                                                     distribution='uniform')) -> None:
-        super().__init__(init_cfg)
+                 norm_cfg: dict | str | None = 'LN2d',
+                 init_cfg: dict | list | None = None) -> None:
+        super().__init__(init_cfg or dict(type='Xavier', layer='Conv2d', distribution='uniform'))
+        if isinstance(norm_cfg, str):
+            norm_cfg = dict(type=norm_cfg)
         if not isinstance(in_channels, int):
             in_channels = list(in_channels)[-1]
         if num_outs < len(scale_factors):

@@ -1,4 +1,5 @@
-# Mask R-CNN on a frozen timm ViT with MoPPA units + SimpleFPN (ViTDet-style pyramid).
+# Mask R-CNN on a frozen timm ViT hosting adapters (MoPPA by default) + SimpleFPN (ViTDet).
+# Leaves change `model.backbone.adapter` (see configs/README: one leaf per method).
 _base_ = ['mmdet::_base_/models/mask-rcnn_r50_fpn.py']
 
 vit_name = 'vit_base_patch16_224.mae'
@@ -7,8 +8,7 @@ fpn_width = 256
 norm_cfg = dict(type='LN2d')
 
 model = dict(
-    type='MoPPAMaskRCNN',
-    route_reg=dict(kind='l2', weight=0.01, decay_fraction=None),
+    type='MaskRCNN',  # any detector: AdapterHostHook connects the adapters' losses
     backbone=dict(
         _delete_=True,
         type='MoPPAViT',
@@ -17,7 +17,10 @@ model = dict(
         checkpoint=None,
         out_indices=(-1,),
         feature_stride=16,
-        moppa=dict(bottleneck=8, router='token', priors=('heat', 'wave', 'poisson')),
+        adapter=dict(type='MoPPA', bottleneck=8, router='token',
+                     priors=('heat', 'wave', 'poisson'),
+                     route_reg=dict(kind='l2', weight=0.01, decay_fraction=None)),
+        adapter_blocks=None,   # every block
         with_cp=False,
         drop_path_rate=0.1),
     neck=dict(

@@ -1,0 +1,190 @@
+"""The adapter interface: one PEFT method hosted by a timm backbone.
+
+An adapter finds where it attaches **by structure** — the sites of each transformer block that
+the backbone describes (:class:`BlockSite`) — creates its parameters for those sites and
+registers forward hooks there (:mod:`.hooks`). The pre-trained modules stay where timm put them,
+so state-dict names stay timm's; the adapter's own parameters live in the backbone's
+``adapters`` dict, so "trainable" means "inside an adapter", never a name pattern.
+
+What a backbone offers an adapter is the :class:`AdapterHost` protocol: its block sites, its
+patch embedding and final norm, and the (B, H, W, C) map view of a block's input with each
+image's valid grid (the host owns the token/map conversion and the prefix tokens).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Protocol, Sequence
+
+import torch
+from torch import nn
+
+from ..moppa.config import _from_mapping
+
+GridSizes = Sequence[tuple[int, int]]
+# (B, H, W, C) map -> tensor of the layout the hook received (tokens for ViT).
+Restore = Callable[[torch.Tensor], torch.Tensor]
+
+LINEAR_ROLES = ('qkv', 'proj', 'fc1', 'fc2')
+
+
+@dataclass(frozen=True, eq=False)
+class BlockSite:
+    """The attachment points of one transformer block, found by structure.
+
+    Attributes:
+        index: Position of the block among all blocks of the model, in forward order.
+        block: The timm block (ViT ``Block`` or Swin ``SwinTransformerBlock``).
+        width: Channel width D of the block.
+        num_heads: Attention heads of the block.
+        stage: Stage of the block (0 for a plain ViT).
+        stride: Feature stride of the block's grid, in input pixels.
+    """
+    index: int
+    block: nn.Module
+    width: int
+    num_heads: int
+    stage: int
+    stride: int
+
+    def linear(self, role: str) -> nn.Linear:
+        """The block's linear layer of a role: 'qkv', 'proj' (attention output), 'fc1', 'fc2'."""
+        owner, attribute = {'qkv': ('attn', 'qkv'), 'proj': ('attn', 'proj'),
+                            'fc1': ('mlp', 'fc1'), 'fc2': ('mlp', 'fc2')}[role]
+        layer = getattr(getattr(self.block, owner), attribute)
+        if not isinstance(layer, nn.Linear):
+            raise TypeError(f'block {self.index}: {owner}.{attribute} is a '
+                            f'{type(layer).__name__}, not an nn.Linear')
+        return layer
+
+    @property
+    def norm1(self) -> nn.Module:
+        """The norm whose output the attention sees."""
+        return self.block.norm1
+
+    @property
+    def norm2(self) -> nn.Module:
+        """The norm whose output the MLP sees."""
+        return self.block.norm2
+
+    @property
+    def mlp_branch_output(self) -> nn.Module:
+        """The last module of the MLP branch before the residual add (LayerScale if any)."""
+        return getattr(self.block, 'ls2', None) or self.block.mlp
+
+
+class AdapterHost(Protocol):
+    """What a backbone offers its adapters."""
+
+    def sites(self) -> list[BlockSite]:
+        """Every block of the model, in forward order."""
+
+    def patch_embed(self) -> nn.Module:
+        """The patch embedding (its output: ViT (B, N, D) tokens, Swin (B, H, W, C) maps)."""
+
+    def final_norm(self) -> nn.Module | None:
+        """The norm applied to the outputs, if any."""
+
+    def map_view(self, x: torch.Tensor, site: BlockSite
+                 ) -> tuple[torch.Tensor, GridSizes | None, Restore]:
+        """A block input or norm output as a (B, H, W, C) map of its patches.
+
+        Returns:
+            (map, valid grid size of each image or None when all of it is valid, restore), where
+            ``restore`` turns a new map back into the layout of ``x`` with prefix tokens
+            unchanged.
+        """
+
+
+class Adapter(nn.Module):
+    """Base of every adapter type.
+
+    Subclasses set ``name`` (their key in ``backbone.adapters``) and ``Options`` (a frozen
+    dataclass of their options, validated in ``__post_init__``), and implement ``build`` and
+    ``attach``. Auxiliary losses and logged statistics are recorded per forward in
+    ``self.records`` (a dict keyed per block, so activation checkpointing's recomputation
+    overwrites instead of doubling), cleared by the host at the start of every forward.
+
+    Args:
+        options: The adapter's options.
+        host: The backbone.
+        sites: The blocks the adapter is put into.
+    """
+
+    name: ClassVar[str]
+    Options: ClassVar[type]
+    # Options that shape only the training loss (not the weights' meaning): a checkpoint made
+    # with other values of these still loads.
+    training_options: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, options: Any, host: AdapterHost, sites: list[BlockSite]) -> None:
+        super().__init__()
+        self.options = options
+        self.block_indices = [site.index for site in sites]
+        self.records: dict[str, Any] = {}
+        self.build(host, sites)
+
+    @classmethod
+    def parse_options(cls, options: dict[str, Any] | None, label: str) -> Any:
+        """Builds ``Options`` from a mapping; unknown keys and bad values name the field."""
+        try:
+            return _from_mapping(cls.Options, options, label)
+        except (TypeError, ValueError) as error:
+            message = str(error)
+            raise ValueError(message if message.startswith(label) else f'{label}: {message}'
+                             ) from None
+
+    def build(self, host: AdapterHost, sites: list[BlockSite]) -> None:
+        """Creates the adapter's parameters for ``sites``."""
+        raise NotImplementedError
+
+    def attach(self, host: AdapterHost, sites: list[BlockSite]) -> None:
+        """Registers the adapter's hooks on the host's modules."""
+        raise NotImplementedError
+
+    def reset_parameters(self) -> None:
+        """Initialises the adapter (as when built).
+
+        Only the outermost submodules with a ``reset_parameters`` are reset: they initialise
+        their own children (a zero-init ``nn.Linear`` inside a unit must not get
+        ``nn.Linear``'s default init afterwards).
+        """
+        _reset_outermost(self)
+
+    def clear_records(self) -> None:
+        """Forgets what the last forward recorded."""
+        self.records = {}
+
+    def auxiliary_losses(self, progress: float) -> dict[str, torch.Tensor]:
+        """Losses to add to the detector's loss dict (keys with 'loss') and statistics to log
+        (keys without 'loss'), from the last forward.
+
+        Args:
+            progress: Fraction of training done, in [0, 1].
+        """
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """The adapter's identity for checkpoints: type, options and blocks."""
+        return dict(type=type(self).__name__, options=_jsonable(dataclasses.asdict(self.options)),
+                    blocks=list(self.block_indices))
+
+    def extra_repr(self) -> str:
+        return f'blocks={self.block_indices}'
+
+
+def _reset_outermost(module: nn.Module) -> None:
+    for child in module.children():
+        if hasattr(child, 'reset_parameters'):
+            child.reset_parameters()
+        else:
+            _reset_outermost(child)
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples to lists, recursively, so a description equals its JSON round trip."""
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value
