@@ -1,6 +1,8 @@
 """LoRA (Hu et al., 2021) on a frozen ``nn.Linear``: y = W x + b + (alpha / r) * B A x.
 
-Pure torch, for comparing MoPPA with a low-rank baseline on the same frozen backbones.
+Pure torch. :class:`LoRAUpdate` is the rank-r update alone (what the ``LoRA`` adapter adds to a
+hooked pre-trained layer's output); :class:`LoRALinear` wraps a frozen layer with it, for the
+stand-alone analysis tools.
 """
 from __future__ import annotations
 
@@ -11,49 +13,42 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class LoRALinear(nn.Module):
-    """A frozen linear layer plus a trainable rank-r update.
+class LoRAUpdate(nn.Module):
+    """The trainable rank-r update (alpha / r) * B A x of a linear layer ``in -> out``.
 
-    A (r, in) gets PEFT's default Kaiming-uniform init and B (out, r) is zero, so the wrapped
-    layer's output is unchanged at step 0. Trainable parameters: ``r * (in + out)``; the wrapped
-    layer's weight and bias are frozen (``requires_grad=False``) and not counted.
+    A (r, in) gets PEFT's default Kaiming-uniform init and B (out, r) is zero, so the update is
+    exactly zero at step 0. Trainable parameters: ``r * (in + out)``.
 
     Args:
-        base: The pre-trained layer to adapt; it is frozen in place.
+        in_features: Input width of the adapted layer.
+        out_features: Output width of the adapted layer.
         rank: Rank r >= 1 of the update.
         alpha: Scaling numerator; the update is multiplied by ``alpha / rank``.
         dropout: Dropout probability on the update's input (0 disables it).
     """
 
-    def __init__(self, base: nn.Linear, rank: int = 8, alpha: float = 8.0,
+    def __init__(self, in_features: int, out_features: int, rank: int = 8, alpha: float = 8.0,
                  dropout: float = 0.0) -> None:
         super().__init__()
         if rank < 1:
             raise ValueError(f'LoRA rank must be >= 1, got {rank}')
-        self.base = base.requires_grad_(False)
+        self.in_features = in_features
+        self.out_features = out_features
         self.rank = rank
         self.alpha = alpha
         self.scaling = alpha / rank
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features))
-        self.lora_b = nn.Parameter(torch.empty(base.out_features, rank))
+        self.lora_a = nn.Parameter(torch.empty(rank, in_features))
+        self.lora_b = nn.Parameter(torch.empty(out_features, rank))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.reset_parameters()
 
-    @property
-    def in_features(self) -> int:
-        return self.base.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.base.out_features
-
     def reset_parameters(self) -> None:
-        """Kaiming-uniform A (as PEFT), zero B: the update is zero; the base is untouched."""
+        """Kaiming-uniform A (as PEFT), zero B: the update is zero."""
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
         nn.init.zeros_(self.lora_b)
 
     def lora_delta(self, x: torch.Tensor) -> torch.Tensor:
-        """The low-rank update alone, (alpha / r) * B A dropout(x).
+        """The low-rank update, (alpha / r) * B A dropout(x).
 
         Args:
             x: Tensor of shape (..., in_features).
@@ -66,6 +61,33 @@ class LoRALinear(nn.Module):
         return F.linear(hidden, self.lora_b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Same as :meth:`lora_delta`: (..., in_features) -> (..., out_features)."""
+        return self.lora_delta(x)
+
+    def extra_repr(self) -> str:
+        return (f'in_features={self.in_features}, out_features={self.out_features}, '
+                f'rank={self.rank}, alpha={self.alpha}')
+
+
+class LoRALinear(LoRAUpdate):
+    """A frozen linear layer plus a trainable :class:`LoRAUpdate`.
+
+    The wrapped layer's output is unchanged at step 0. Trainable parameters: ``r * (in + out)``;
+    the wrapped layer's weight and bias are frozen (``requires_grad=False``) and not counted.
+
+    Args:
+        base: The pre-trained layer to adapt; it is frozen in place.
+        rank: Rank r >= 1 of the update.
+        alpha: Scaling numerator; the update is multiplied by ``alpha / rank``.
+        dropout: Dropout probability on the update's input (0 disables it).
+    """
+
+    def __init__(self, base: nn.Linear, rank: int = 8, alpha: float = 8.0,
+                 dropout: float = 0.0) -> None:
+        super().__init__(base.in_features, base.out_features, rank, alpha, dropout)
+        self.base = base.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Frozen layer plus update.
 
         Args:
@@ -75,6 +97,3 @@ class LoRALinear(nn.Module):
             Tensor of shape (..., out_features).
         """
         return self.base(x) + self.lora_delta(x)
-
-    def extra_repr(self) -> str:
-        return f'rank={self.rank}, alpha={self.alpha}'
