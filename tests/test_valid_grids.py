@@ -104,6 +104,10 @@ def test_backbone_hands_each_image_its_valid_grid(factory, stride, with_cp):
         assert change[mask].min() > 0, site.index
     backbone(x)  # the sizes were for one forward only: now all of it is valid
     assert all(change.min() > 0 for change in updates.values())
+    backbone.per_image_grids = False  # the comparison option: the padded canvas, as before
+    backbone.set_image_sizes(sizes)
+    backbone(x)
+    assert all(change.min() > 0 for change in updates.values())
 
 
 def test_image_sizes_must_match_the_batch():

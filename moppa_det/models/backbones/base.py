@@ -69,6 +69,10 @@ class TimmAdapterBackbone(BaseModule):
             adapters, unless an adapter sets its own ``blocks``; ``None``: every block.
         unit_blocks: Former name of ``adapter_blocks``.
         frozen: Freeze the pre-trained weights (``False``: full fine-tuning of the same model).
+        per_image_grids: Spectral adapters filter each image on its own valid grid (given by
+            the detector through :meth:`set_image_sizes`); ``False``: over the padded batch
+            canvas, as before moppa_det 0.2 (for comparisons only: an image's features then
+            depend on its batch-mates).
         with_cp: Activation checkpointing of every block (timm's, non-reentrant).
         autocast_dtype: Run the backbone under ``torch.autocast`` with this dtype ('bfloat16'
             or 'float16'; spectral paths stay float32); outputs are float32. On CPUs, where
@@ -88,7 +92,8 @@ class TimmAdapterBackbone(BaseModule):
                  checkpoint: str | None = None, adapter: Any = 'MoPPA',
                  moppa: dict[str, Any] | None | _Unset = UNSET,
                  adapter_blocks: list[int] | None = None, unit_blocks: list[int] | None = None,
-                 frozen: bool = True, with_cp: bool = False, autocast_dtype: str | None = None,
+                 frozen: bool = True, per_image_grids: bool = True, with_cp: bool = False,
+                 autocast_dtype: str | None = None,
                  drop_path_rate: float = 0.0, img_size: int | tuple[int, int] | None = None,
                  model_kwargs: dict[str, Any] | None = None, init_cfg: dict | None = None) -> None:
         if init_cfg is not None:
@@ -103,6 +108,7 @@ class TimmAdapterBackbone(BaseModule):
                              'unit_blocks, not both')
         self.model_name = model_name
         self.frozen = frozen
+        self.per_image_grids = per_image_grids
         self.with_cp = with_cp
         self.autocast_dtype = getattr(torch, autocast_dtype) if autocast_dtype else None
         kwargs = dict(self.timm_kwargs, drop_path_rate=drop_path_rate)
@@ -182,7 +188,8 @@ class TimmAdapterBackbone(BaseModule):
     def valid_grids(self, batch: int, stride: int, full: tuple[int, int]
                     ) -> list[tuple[int, int]] | None:
         """Each image's valid grid at ``stride`` (clipped to ``full``), or None: all valid."""
-        if self._image_sizes is None or len(self._image_sizes) != batch:
+        if (not self.per_image_grids or self._image_sizes is None
+                or len(self._image_sizes) != batch):
             return None
         grids = [(min(-(-h // stride), full[0]), min(-(-w // stride), full[1]))
                  for h, w in self._image_sizes]
