@@ -17,6 +17,7 @@ from mmengine.runner import checkpoint as mm_checkpoint
 from torch import nn
 from torch.utils.data import Dataset
 
+from moppa_det.engine.checkpoint_files import CheckpointReadError
 from moppa_det.engine.safe_checkpoint import (UntrustedCheckpointError,
                                               install_safe_checkpoint_loader,
                                               load_from_local_safe)
@@ -211,9 +212,20 @@ def test_missing_file_is_reported(tmp_path: Path) -> None:
         load_from_local_safe(str(tmp_path / 'nothing.pth'))
 
 
-def test_corrupt_file_is_not_blamed_on_the_allow_list(tmp_path: Path) -> None:
+@pytest.mark.parametrize('content', [b'garbage', b'', b'PK\x03\x04 cut short',
+                                     b'\x80\x02 cut short'])
+def test_corrupt_file_is_not_blamed_on_the_allow_list(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / 'corrupt.pth'
-    path.write_bytes(b'garbage')
-    with pytest.raises(pickle.UnpicklingError) as caught:
+    path.write_bytes(content)
+    with pytest.raises(CheckpointReadError) as caught:
         load_from_local_safe(str(path))
-    assert not isinstance(caught.value, UntrustedCheckpointError)
+    message = str(caught.value)
+    assert str(path) in message and 'not a' in message
+    assert 'weights_only' not in message  # never advise switching safe loading off
+
+
+def test_truncated_checkpoint_is_named(mmengine_checkpoint: Path, tmp_path: Path) -> None:
+    path = tmp_path / 'truncated.pth'
+    path.write_bytes(mmengine_checkpoint.read_bytes()[:2000])
+    with pytest.raises(CheckpointReadError, match='truncated.pth is not a readable checkpoint'):
+        mm_checkpoint._load_checkpoint(str(path), map_location='cpu')

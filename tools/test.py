@@ -19,7 +19,8 @@ if REPO_ROOT not in sys.path:
 
 import moppa_det  # noqa: E402,F401  (registrations, safe checkpoint loading)
 from moppa_det.engine.data_checks import check_annotation_files  # noqa: E402
-from moppa_det.engine.launch import add_common_args, build_runner, load_config  # noqa: E402
+from moppa_det.engine.launch import (RUN_ERRORS, add_common_args, build_runner,  # noqa: E402
+                                     load_config)
 
 from mmengine.config import Config, ConfigDict
 
@@ -103,7 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.out is not None:
         # A metric that only writes the predictions out.
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    runner.test()
+    try:
+        runner.test()
+    except RUN_ERRORS as error:  # they name the file, field or iteration: no traceback needed
+        raise SystemExit(f'{type(error).__name__}: {error}') from None
 
 
 if __name__ == '__main__':

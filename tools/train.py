@@ -19,7 +19,8 @@ import moppa_det  # noqa: E402,F401  (registers moppa_det's modules in MMDetecti
 from mmengine.config import Config  # noqa: E402
 
 from moppa_det.engine.data_checks import check_annotation_files  # noqa: E402
-from moppa_det.engine.launch import add_common_args, build_runner, load_config  # noqa: E402
+from moppa_det.engine.launch import (RUN_ERRORS, add_common_args, build_runner,  # noqa: E402
+                                     load_config)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,7 +85,11 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args)
     apply_train_args(cfg, args)
     check_annotation_files(cfg, ('train', 'val'))
-    build_runner(cfg).train()
+    runner = build_runner(cfg)
+    try:
+        runner.train()
+    except RUN_ERRORS as error:  # they name the file, field or iteration: no traceback needed
+        raise SystemExit(f'{type(error).__name__}: {error}') from None
 
 
 if __name__ == '__main__':

@@ -13,6 +13,14 @@ from mmengine.runner import Runner
 
 import moppa_det
 
+from .checkpoint_files import CheckpointReadError
+from .hooks import NonFiniteLossError
+from .safe_checkpoint import UntrustedCheckpointError
+
+# Errors whose message already says what is wrong and where: the tools print it without a
+# traceback.
+RUN_ERRORS = (CheckpointReadError, UntrustedCheckpointError, NonFiniteLossError)
+
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """Adds the arguments ``train.py`` and ``test.py`` share, after their positionals.
@@ -92,7 +100,7 @@ def setup_cpu_distributed(cfg: Config) -> None:
     cfg.model_wrapper_cfg = wrapper_cfg
 
 def build_runner(cfg: Config) -> Runner:
-    """Builds the runner as MMDetection does: default Runner unless ``runner_type`` is set.
+    """Builds the runner: :class:`FaultTolerantRunner` unless the config sets ``runner_type``.
 
     Args:
         cfg: The full config.
@@ -102,9 +110,17 @@ def build_runner(cfg: Config) -> Runner:
     """
     from mmdet.utils import setup_cache_size_limit_of_dynamo
 
+    from .runner import FaultTolerantRunner
+
     # Fewer repeated compilations when the config enables torch.compile.
     setup_cache_size_limit_of_dynamo()
     setup_cpu_distributed(cfg)
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+    if 'runner_type' not in cfg:
+        return FaultTolerantRunner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)
+    if not isinstance(runner, FaultTolerantRunner):
+        runner.logger.warning(
+            f'runner_type={cfg.runner_type!r} is not a FaultTolerantRunner: checkpoints are '
+            'not written atomically, resume does not restore the random states, data-loader '
+            'workers outlive a killed run and non-finite losses are not caught')
+    return runner

@@ -23,7 +23,9 @@ that it keeps ``weights_only=True`` and allows exactly those globals, for the du
 load only (nothing is added to torch's process-wide allow-list). ``getattr`` is not allowed
 as such: a stand-in accepts only those ``HistoryBuffer`` and ``OneCycleParamScheduler``
 methods. Anything else is refused with :class:`UntrustedCheckpointError`, before any of it
-runs.
+runs. A file that is no checkpoint at all, or a truncated or corrupt one, is refused with
+:class:`CheckpointReadError` naming the file (and not with torch's advice to load it with
+``weights_only=False``).
 
 Every local path goes through ``CheckpointLoader``: ``Runner.resume``,
 ``Runner.load_checkpoint`` (``load_from``), ``mmengine.runner.load_checkpoint`` and
@@ -34,6 +36,7 @@ from __future__ import annotations
 import os.path as osp
 import pickle
 import re
+import zipfile
 from typing import Any, Callable
 
 import numpy as np
@@ -41,6 +44,8 @@ import torch
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.optim.scheduler.param_scheduler import OneCycleParamScheduler
 from mmengine.runner.checkpoint import CheckpointLoader
+
+from .checkpoint_files import CheckpointReadError
 
 try:
     from numpy._core import multiarray
@@ -133,11 +138,13 @@ def load_from_local_safe(filename: str, map_location: Any = None) -> Any:
 
     Raises:
         FileNotFoundError: If the file does not exist.
+        CheckpointReadError: If the file is not a checkpoint, or a truncated or corrupt one.
         UntrustedCheckpointError: If the file holds a pickled object outside the allow-list.
     """
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
+    _check_format(filename)
     # Leave entries the user allowed process-wide in place when the context exits.
     allowed = torch.serialization.get_safe_globals()
     extra = [entry for entry in _allow_list() if entry not in allowed]
@@ -147,12 +154,51 @@ def load_from_local_safe(filename: str, map_location: Any = None) -> Any:
     except pickle.UnpicklingError as error:
         offender = _offender(str(error))
         if offender is None:
-            raise
+            raise _read_error(filename, error) from None
         raise UntrustedCheckpointError(
             f'Refusing to load checkpoint {filename!r}: it contains {offender}, '
             "which is not on moppa_det's allow-list of the types MMEngine checkpoints hold "
             '(moppa_det.engine.safe_checkpoint). Unpickling it could run arbitrary code: only '
             'load checkpoints from sources you trust.') from None
+    except (EOFError, zipfile.BadZipFile) as error:
+        raise _read_error(filename, error) from None
+    except RuntimeError as error:
+        if not any(sign in str(error) for sign in _ARCHIVE_ERRORS):
+            raise  # not about the file (a CUDA map_location on a CPU machine, say)
+        raise _read_error(filename, error) from None
+
+
+# torch's messages for a damaged zip archive (truncated, overwritten, CRC mismatch).
+_ARCHIVE_ERRORS = ('PytorchStreamReader', 'zip archive', 'central directory', 'crc')
+# A checkpoint starts with a zip local-file header (torch >= 1.6) or a pickle protocol opcode
+# (torch's legacy format).
+_MAGIC = (b'PK\x03\x04', b'\x80')
+
+
+def _check_format(filename: str) -> None:
+    """Refuses a file that is neither of torch's two formats before unpickling a byte of it."""
+    with open(filename, 'rb') as file:
+        head = file.read(4)
+    if not head.startswith(_MAGIC):
+        kind = 'an empty file' if not head else f'a file starting with {head!r}'
+        raise CheckpointReadError(
+            f'{filename} is not a checkpoint: it is {kind}, while torch checkpoints are zip '
+            'archives (or, from torch < 1.6, pickles)')
+
+
+def _read_error(filename: str, error: BaseException) -> CheckpointReadError:
+    """The error for a file torch cannot read, without torch's advice to drop ``weights_only``.
+
+    Args:
+        filename: The file.
+        error: torch's error.
+    """
+    message = str(error)
+    if 'WeightsUnpickler error:' in message:  # keep the cause, not the weights_only=False hint
+        message = message.split('WeightsUnpickler error:', 1)[1]
+    message = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+    return CheckpointReadError(f'{filename} is not a readable checkpoint (truncated or corrupt): '
+                               f'{message}')
 
 
 def install_safe_checkpoint_loader() -> None:

@@ -1,0 +1,130 @@
+"""Killed with SIGKILL and resumed with ``tools/train.py --resume`` == never interrupted.
+
+Each test trains the same seeded config twice through the real tool: once to the end, once
+killed right after its first checkpoint and resumed. The resumed run must log the same loss at
+every iteration after the resume point, end with the same parameters bit for bit and report the
+same validation metric. The toy model draws from torch's generator every step, the dataset
+from Python's, NumPy's and torch's (in the workers, or in the main process with
+``num_workers=0``), and the run validates at the checkpoint, so any generator left out of the
+checkpoint shows up as a difference. The last test shows that MMEngine's plain Runner fails
+this check, so the check can fail.
+"""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from test_resume import child_env, train_command, wait_for_checkpoint
+
+from moppa_det.engine.safe_checkpoint import load_from_local_safe
+
+MAX_ITERS, INTERVAL = 8, 4
+
+
+def write_config(path: Path, num_workers: int, extra: str = '', max_iters: int = MAX_ITERS,
+                 item_seconds: float = 0.0) -> Path:
+    """A seeded toy config: checkpoint and validation at iteration 4, end at ``max_iters``."""
+    workers = f'num_workers={num_workers}, persistent_workers={num_workers > 0}'
+    path.write_text(f"""
+default_scope = 'mmdet'
+custom_imports = dict(imports=['fault_toy_modules'], allow_failed_imports=False)
+model = dict(type='NoisyToyRegressor')
+train_dataloader = dict(
+    batch_size=2, {workers}, dataset=dict(type='AugmentedToyDataset', item_seconds={item_seconds}),
+    sampler=dict(type='InfiniteSampler', shuffle=True), collate_fn=dict(type='default_collate'))
+val_dataloader = dict(
+    batch_size=4, {workers}, dataset=dict(type='AugmentedToyDataset', augment=False),
+    sampler=dict(type='DefaultSampler', shuffle=False), collate_fn=dict(type='default_collate'))
+val_evaluator = dict(type='ToyMSEMetric')
+train_cfg = dict(type='IterBasedTrainLoop', max_iters={max_iters}, val_interval={INTERVAL})
+val_cfg = dict(type='ValLoop')
+optim_wrapper = dict(optimizer=dict(type='Adam', lr=0.05))
+param_scheduler = [dict(type='CosineAnnealingLR', by_epoch=False, begin=0, end={max_iters})]
+default_hooks = dict(
+    checkpoint=dict(type='CheckpointHook', interval={INTERVAL}, by_epoch=False, max_keep_ckpts=1),
+    logger=dict(type='LoggerHook', interval=1))
+log_processor = dict(by_epoch=False, window_size=1)
+visualizer = dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')])
+randomness = dict(seed=0, deterministic=True)
+{extra}
+""")
+    return path
+
+
+def train(config: Path, work_dir: Path, *extra: str) -> str:
+    result = subprocess.run(train_command(config, work_dir, *extra), env=child_env(),
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result.stdout + result.stderr
+
+
+def kill_after_first_checkpoint(config: Path, work_dir: Path, log: Path) -> None:
+    """Trains until the first checkpoint is complete, then SIGKILL.
+
+    The steps of this run sleep 2 s (the sleep draws no random number), so the kill lands
+    long before the next checkpoint.
+    """
+    with log.open('w') as stream:
+        process = subprocess.Popen(train_command(config, work_dir, '--cfg-options',
+                                                 'model.step_seconds=2.0'), env=child_env(),
+                                   stdout=stream, stderr=subprocess.STDOUT)
+        wait_for_checkpoint(process, work_dir, f'iter_{INTERVAL}.pth', log)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert not (work_dir / f'iter_{MAX_ITERS}.pth').exists(), 'the kill came too late'
+
+
+def records(work_dir: Path) -> tuple[dict[int, float], list[float]]:
+    """Per-iteration losses and the validation metrics of every run in ``work_dir``."""
+    losses, metrics = {}, []
+    for path in sorted(work_dir.glob('*/vis_data/scalars.json')):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if 'loss' in record:
+                losses[record['iter']] = record['loss']
+            if 'toy/mse' in record:
+                metrics.append(record['toy/mse'])
+    return losses, metrics
+
+
+def final_state(work_dir: Path) -> dict[str, torch.Tensor]:
+    return load_from_local_safe(str(work_dir / f'iter_{MAX_ITERS}.pth'))['state_dict']
+
+
+def run_both(tmp_path: Path, num_workers: int, extra: str = '') -> tuple[Path, Path]:
+    config = write_config(tmp_path / 'toy.py', num_workers, extra)
+    whole, resumed = tmp_path / 'whole', tmp_path / 'resumed'
+    train(config, whole)
+    kill_after_first_checkpoint(config, resumed, tmp_path / 'killed.log')
+    output = train(config, resumed, '--resume')
+    assert f'resumed epoch: 0, iter: {INTERVAL}' in output
+    return whole, resumed
+
+
+# Workers: their generators come back through MMEngine's replay (slow: worker start-up).
+@pytest.mark.parametrize('num_workers', [0, pytest.param(1, marks=pytest.mark.slow)])
+def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path: Path,
+                                                         num_workers: int) -> None:
+    whole, resumed = run_both(tmp_path, num_workers)
+    whole_losses, whole_metrics = records(whole)
+    resumed_losses, resumed_metrics = records(resumed)
+    assert sorted(whole_losses) == list(range(1, MAX_ITERS + 1))
+    after = {i: whole_losses[i] for i in whole_losses if i > INTERVAL}
+    assert {i: resumed_losses[i] for i in after} == after  # exact, every iteration
+    assert len(whole_metrics) == 2 and resumed_metrics[-1] == whole_metrics[-1]
+    for key, value in final_state(whole).items():
+        torch.testing.assert_close(final_state(resumed)[key], value, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_mmengine_runner_alone_does_not_resume_exactly(tmp_path: Path) -> None:
+    """The control: without moppa_det's runner the same check fails."""
+    whole, resumed = run_both(tmp_path, 0, extra="runner_type = 'Runner'")
+    whole_losses, _ = records(whole)
+    resumed_losses, _ = records(resumed)
+    assert any(resumed_losses[i] != whole_losses[i] for i in range(INTERVAL + 1, MAX_ITERS + 1))
