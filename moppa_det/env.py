@@ -10,7 +10,10 @@ import importlib
 from importlib import metadata
 import platform
 import sys
+from pathlib import Path
 from typing import Any
+
+from moppa_det.version import __version__
 
 PACKAGES = ('torch', 'torchvision', 'mmengine', 'mmcv', 'mmdet', 'timm', 'pycocotools',
             'numpy')
@@ -86,14 +89,15 @@ def collect_report() -> dict[str, Any]:
     """Collects versions, the state of mmcv's ops and CUDA.
 
     Returns:
-        ``python`` (str), ``packages`` (name -> version, None when it does not import),
+        ``moppa_det`` (version and directory), ``python`` (str), ``packages`` (name -> version, None when it does not import),
         ``import_errors`` (name -> why, for those), ``ops_loaded`` (bool), ``ops_error``
         (str, empty when fine) and ``cuda`` (see :func:`cuda_report`).
     """
     imported = {name: import_package(name) for name in PACKAGES}
     packages = {name: version for name, (version, _) in imported.items()}
     ops_loaded, ops_error = check_mmcv_ops() if packages['mmcv'] else (False, 'mmcv missing')
-    return dict(python=f'{platform.python_version()} ({sys.executable})', packages=packages,
+    return dict(moppa_det=f'{__version__} ({Path(__file__).parent})',  # which checkout runs
+                python=f'{platform.python_version()} ({sys.executable})', packages=packages,
                 import_errors={name: why for name, (_, why) in imported.items() if why},
                 ops_loaded=ops_loaded, ops_error=ops_error, cuda=cuda_report())
 
@@ -124,7 +128,7 @@ def format_report(report: dict[str, Any]) -> str:
         The text to print.
     """
     cuda = report['cuda']
-    rows = [('python', report['python'])]
+    rows = [('moppa_det', report.get('moppa_det', '')), ('python', report['python'])]
     rows += [(name, version or 'MISSING') for name, version in report['packages'].items()]
     rows.append(('mmcv ops', 'ok (RoIAlign, nms)' if report['ops_loaded']
                  else f"NOT LOADED ({report['ops_error']})"))
@@ -148,6 +152,8 @@ def main() -> int:
         print('\nmoppa_det cannot run:\n' + '\n'.join(f'  - {p}' for p in found)
               + f'\n{FIX_HINT}', file=sys.stderr)
         return 1
+    where = 'a GPU' if report['cuda']['available'] else 'the CPU only (no GPU seen)'
+    print(f'\nready: every package imports and mmcv\'s ops work; training runs on {where}')
     return 0
 
 

