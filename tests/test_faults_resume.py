@@ -20,6 +20,10 @@ from pathlib import Path
 import pytest
 import torch
 from test_resume import child_env, train_command, wait_for_checkpoint
+from test_train_e2e import child_env as e2e_env
+from test_train_e2e import scalars as e2e_scalars
+from test_train_e2e import toy_setup  # noqa: F401  (fixture)
+from test_train_e2e import write_config as write_e2e_config
 
 from moppa_det.engine.safe_checkpoint import load_from_local_safe
 
@@ -57,8 +61,8 @@ randomness = dict(seed=0, deterministic=True)
 
 
 def train(config: Path, work_dir: Path, *extra: str) -> str:
-    result = subprocess.run(train_command(config, work_dir, *extra), env=child_env(),
-                            capture_output=True, text=True, timeout=180)
+    result = subprocess.run(train_command(config, work_dir, *extra), env=e2e_env(),
+                            capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     return result.stdout + result.stderr
 
@@ -128,3 +132,34 @@ def test_mmengine_runner_alone_does_not_resume_exactly(tmp_path: Path) -> None:
     whole_losses, _ = records(whole)
     resumed_losses, _ = records(resumed)
     assert any(resumed_losses[i] != whole_losses[i] for i in range(INTERVAL + 1, MAX_ITERS + 1))
+
+
+@pytest.mark.slow
+def test_detector_killed_and_resumed_equals_uninterrupted(toy_setup, tmp_path: Path) -> None:
+    """The same on Mask R-CNN with a tiny frozen MoPPA ViT (RPN/RoI sampling, RandomFlip,
+    COCO metrics): 6 iterations, checkpoint and validation every 3."""
+    root, data_root, weights = toy_setup
+    config = write_e2e_config(tmp_path / 'det.py', data_root, weights, max_iters=6, lr=1e-3)
+    options = ['--cfg-options', 'default_hooks.checkpoint.interval=3', 'train_cfg.val_interval=3',
+               'randomness.deterministic=True']
+    whole, resumed, log = tmp_path / 'whole', tmp_path / 'resumed', tmp_path / 'killed.log'
+    train(config, whole, *options)
+    with log.open('w') as stream:
+        process = subprocess.Popen(train_command(config, resumed, *options), env=e2e_env(),
+                                   stdout=stream, stderr=subprocess.STDOUT)
+        wait_for_checkpoint(process, resumed, 'iter_3.pth', log, timeout=300)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert not (resumed / 'iter_6.pth').exists(), 'the kill came too late'
+    assert 'resumed epoch: 0, iter: 3' in train(config, resumed, '--resume', *options)
+
+    def losses_and_metrics(work_dir: Path) -> tuple[dict[int, float], dict[str, float]]:
+        rows = e2e_scalars(work_dir)
+        return ({r['iter']: r['loss'] for r in rows if 'loss' in r},
+                [r for r in rows if 'coco/bbox_mAP' in r][-1])
+
+    whole_losses, whole_metrics = losses_and_metrics(whole)
+    resumed_losses, resumed_metrics = losses_and_metrics(resumed)
+    assert {i: resumed_losses[i] for i in (4, 5, 6)} == {i: whole_losses[i] for i in (4, 5, 6)}
+    for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP'):
+        assert resumed_metrics[key] == whole_metrics[key], (key, resumed_metrics, whole_metrics)

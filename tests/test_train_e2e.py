@@ -25,7 +25,7 @@ DEMO_CONFIG = REPO_ROOT / 'configs/demo/mask_rcnn_vits14_moppa_toy.py'
 
 def write_config(path: Path, data_root: Path, weights: Path, max_iters: int, lr: float) -> Path:
     """A leaf config over the demo config: tiny backbone from ``weights``, tiny schedule."""
-    backbone = dict(TINY_VIT, checkpoint=str(weights), unit_blocks=None)
+    backbone = dict(TINY_VIT, checkpoint=str(weights), adapter_blocks=None)
     path.write_text(f"""
 _base_ = ['{DEMO_CONFIG}']
 custom_imports = dict(imports=['moppa_det', 'dist_check_hook'], allow_failed_imports=False)

