@@ -45,8 +45,8 @@ param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]
 optim_wrapper = dict(optimizer=dict(lr={lr}))
 default_hooks = dict(logger=dict(interval=1),
                      checkpoint=dict(interval={max_iters}))
-custom_hooks = [dict(type='ParameterReportHook'), dict(type='TrainableCheckpointHook'),
-                dict(type='DumpTrainableParamsHook')]
+custom_hooks = [dict(type='AdapterHostHook'), dict(type='ParameterReportHook'),
+                dict(type='TrainableCheckpointHook'), dict(type='DumpTrainableParamsHook')]
 log_processor = dict(window_size=1)
 randomness = dict(seed=0)
 """)

@@ -18,9 +18,8 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)  # so that ``import moppa_det`` finds this clone
 
 import moppa_det  # noqa: E402,F401  (registrations, safe checkpoint loading)
-from moppa_det.engine.data_checks import check_annotation_files  # noqa: E402
 from moppa_det.engine.launch import (RUN_ERRORS, add_common_args, build_runner,  # noqa: E402
-                                     load_config)
+                                     check_before_build, load_config)
 
 from mmengine.config import Config, ConfigDict
 
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args)
     if '://' not in args.checkpoint and not os.path.isfile(os.path.expanduser(args.checkpoint)):
         raise SystemExit(f'Checkpoint file not found: {args.checkpoint}')
-    check_annotation_files(cfg, ('test',))
+    check_before_build(cfg, ('test',))
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         cfg = trigger_visualization_hook(cfg, args)

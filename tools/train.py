@@ -18,9 +18,8 @@ if REPO_ROOT not in sys.path:
 import moppa_det  # noqa: E402,F401  (registers moppa_det's modules in MMDetection's registries)
 from mmengine.config import Config  # noqa: E402
 
-from moppa_det.engine.data_checks import check_annotation_files  # noqa: E402
 from moppa_det.engine.launch import (RUN_ERRORS, add_common_args, build_runner,  # noqa: E402
-                                     load_config)
+                                     check_before_build, load_config)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = load_config(args)
     apply_train_args(cfg, args)
-    check_annotation_files(cfg, ('train', 'val'))
+    check_before_build(cfg, ('train', 'val'))
     runner = build_runner(cfg)
     try:
         runner.train()

@@ -68,6 +68,26 @@ def load_config(args: argparse.Namespace) -> Config:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     return cfg
 
+def check_before_build(cfg: Config, splits: tuple[str, ...]) -> None:
+    """The checks of :mod:`.config_checks` and :mod:`.data_checks`, before anything is built.
+
+    Args:
+        cfg: The full config.
+        splits: The splits whose annotation files and images the run reads.
+
+    Raises:
+        SystemExit: Naming the config key, file or images at fault.
+    """
+    from .config_checks import ConfigKeyError, check_backbone_weights, check_config
+    from .data_checks import check_annotation_files
+
+    try:
+        check_config(cfg)
+        check_annotation_files(cfg, splits)
+        check_backbone_weights(cfg)
+    except ConfigKeyError as error:
+        raise SystemExit(f'ConfigKeyError: {error}') from None
+
 def setup_cpu_distributed(cfg: Config) -> None:
     """Lets ``--launcher pytorch`` run on machines without CUDA, over gloo.
 
