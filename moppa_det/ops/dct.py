@@ -5,12 +5,14 @@ so the inverse transform is its transpose. A 2-D transform is two matmuls: X_hat
 
 Detection batches change size every step, so the bases are cached per (N, device, dtype) in a
 bounded LRU cache instead of being stored as module buffers (which would also end up in
-checkpoints).
+checkpoints). ``torch.compile`` ignores ``lru_cache`` (it traces the wrapped function), so under
+compilation the bases are built inside the graph, explicitly (:func:`cached`).
 """
 from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Any, Callable
 
 import torch
 
@@ -65,6 +67,14 @@ def laplacian_eigenvalues(h: int, w: int, device: torch.device) -> torch.Tensor:
         return lam.to(device=device, dtype=torch.float32)
 
 
+def cached(function: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+    """``function(*args)`` of an ``lru_cache`` function; its uncached body under torch.compile
+    (which would trace through the cache anyway, with a warning)."""
+    if torch.compiler.is_compiling():
+        return function.__wrapped__(*args)
+    return function(*args)
+
+
 def dct2(x: torch.Tensor) -> torch.Tensor:
     """Orthonormal 2-D DCT-II over the last two axes.
 
@@ -75,8 +85,8 @@ def dct2(x: torch.Tensor) -> torch.Tensor:
         Spectrum of shape (..., H, W) in the dtype of ``x``.
     """
     h, w = x.shape[-2:]
-    c_h = dct_matrix(h, x.device, x.dtype)
-    c_w = dct_matrix(w, x.device, x.dtype)
+    c_h = cached(dct_matrix, h, x.device, x.dtype)
+    c_w = cached(dct_matrix, w, x.device, x.dtype)
     return c_h @ x @ c_w.T
 
 
@@ -90,11 +100,9 @@ def idct2(x_hat: torch.Tensor) -> torch.Tensor:
         Tensor of shape (..., H, W) in the dtype of ``x_hat``.
     """
     h, w = x_hat.shape[-2:]
-    c_h = dct_matrix(h, x_hat.device, x_hat.dtype)
-    c_w = dct_matrix(w, x_hat.device, x_hat.dtype)
+    c_h = cached(dct_matrix, h, x_hat.device, x_hat.dtype)
+    c_w = cached(dct_matrix, w, x_hat.device, x_hat.dtype)
     return c_h.T @ x_hat @ c_w
-
-
 
 
 def clear_cache() -> None:

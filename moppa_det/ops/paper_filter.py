@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from .dct import dct2, idct2
+from .dct import cached, dct2, idct2
 from .priors import PRIOR_NAMES, RESIZE_MODES
 
 # The authors' guard inside the log of the routing entropy.
@@ -88,8 +88,9 @@ def resize_coefficients(maps: torch.Tensor, size: tuple[int, int], mode: str = '
     h, w = size
     if (h, w) == tuple(maps.shape[1:3]):
         return maps
-    resize_h = frequency_resize_matrix(h, maps.shape[1], mode, maps.device).to(maps.dtype)
-    resize_w = frequency_resize_matrix(w, maps.shape[2], mode, maps.device).to(maps.dtype)
+    resize_h = cached(frequency_resize_matrix, h, maps.shape[1], mode, maps.device)
+    resize_w = cached(frequency_resize_matrix, w, maps.shape[2], mode, maps.device)
+    resize_h, resize_w = resize_h.to(maps.dtype), resize_w.to(maps.dtype)
     return torch.einsum('hs,pstk,wt->phwk', resize_h, maps, resize_w)
 
 

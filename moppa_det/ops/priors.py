@@ -10,6 +10,9 @@ With lambda the spectrum of -Laplacian (see :func:`laplacian_eigenvalues`), per 
 The Poisson source is F = S * X (or X + S) with S a trainable map that is resized to the
 runtime grid. k, c and t are positive through softplus, one value per channel; t is shared by
 heat and wave.
+
+In ``eval()`` under ``torch.no_grad()`` the gains and the resized source map of each grid size
+are computed once and reused until a parameter changes (:mod:`.param_cache`).
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dct import dct2, laplacian_eigenvalues
+from .dct import cached, dct2, laplacian_eigenvalues
+from .param_cache import ParamCache
 
 PRIOR_NAMES = ('heat', 'wave', 'poisson')
 POISSON_MODES = ('screened', 'literal')
@@ -86,6 +90,8 @@ class PhysicalPriors(nn.Module):
         self.raw_c = nn.Parameter(torch.empty(channels)) if 'wave' in self.priors else None
         self.source = (nn.Parameter(torch.empty(source_size))
                        if 'poisson' in self.priors else None)
+        self.filter_cache = ParamCache()
+        self.register_load_state_dict_post_hook(_clear_filter_cache)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -122,6 +128,36 @@ class PhysicalPriors(nn.Module):
         return F.interpolate(source[None, None], size=(h, w), mode=self.source_resize,
                              align_corners=False)[0, 0]
 
+    def train(self, mode: bool = True) -> 'PhysicalPriors':
+        self.filter_cache.clear()  # parameters are about to change (or just did)
+        return super().train(mode)
+
+    def filters(self, h: int, w: int, device: torch.device) -> dict[str, torch.Tensor]:
+        """What the priors multiply the spectra by on an (H, W) grid, float32.
+
+        Cached per (H, W, device) in inference (see :mod:`.param_cache`).
+
+        Returns:
+            'heat' and 'wave' gains of shape (C, H, W), the 'poisson' gain (H, W) and the
+            resized 'source' map (H, W), for the priors in use.
+        """
+        params = [p for p in (self.raw_t, self.raw_k, self.raw_c, self.source) if p is not None]
+        return self.filter_cache.get((h, w, device), params,
+                                     lambda: self._compute_filters(h, w, device))
+
+    def _compute_filters(self, h: int, w: int, device: torch.device) -> dict[str, torch.Tensor]:
+        lam = cached(laplacian_eigenvalues, h, w, device)
+        times = self.diffusion_times()
+        filters = {}
+        if 'heat' in self.priors:
+            filters['heat'] = heat_gain(lam, times['kt'])
+        if 'wave' in self.priors:
+            filters['wave'] = wave_gain(lam, times['ct'])
+        if 'poisson' in self.priors:
+            filters['poisson'] = poisson_gain(lam, self.poisson_mode)
+            filters['source'] = self.source_map(h, w)
+        return filters
+
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Applies every prior to ``z`` and returns their spectra.
 
@@ -137,24 +173,22 @@ class PhysicalPriors(nn.Module):
         b, c, h, w = z.shape
         if c != self.channels:
             raise ValueError(f'PhysicalPriors expects {self.channels} channels, got {c}')
-        lam = laplacian_eigenvalues(h, w, z.device)
+        filters = self.filters(h, w, z.device)
         if 'poisson' in self.priors:
-            source = self.source_map(h, w)
+            source = filters['source']
             forcing = z * source if self.source_mode == 'multiply' else z + source
             z_hat, forcing_hat = dct2(torch.stack([z, forcing])).unbind(0)
         else:
             z_hat = dct2(z)
-        times = self.diffusion_times()
-        spectra = []
-        for name in self.priors:
-            if name == 'heat':
-                spectra.append(z_hat * heat_gain(lam, times['kt']))
-            elif name == 'wave':
-                spectra.append(z_hat * wave_gain(lam, times['ct']))
-            else:
-                spectra.append(forcing_hat * poisson_gain(lam, self.poisson_mode))
+        spectra = [(forcing_hat if name == 'poisson' else z_hat) * filters[name]
+                   for name in self.priors]
         return torch.stack(spectra, dim=1)
 
     def extra_repr(self) -> str:
         return (f'channels={self.channels}, priors={self.priors}, poisson={self.poisson_mode}, '
                 f'source={self.source_mode}')
+
+
+def _clear_filter_cache(module: PhysicalPriors, incompatible_keys: object) -> None:
+    """Load post-hook (a function, not a bound method, so that deep copies clear their own)."""
+    module.filter_cache.clear()

@@ -9,16 +9,25 @@ so state-dict names stay timm's; the adapter's own parameters live in the backbo
 What a backbone offers an adapter is the :class:`AdapterHost` protocol: its block sites, its
 patch embedding and final norm, and the (B, H, W, C) map view of a block's input with each
 image's valid grid (the host owns the token/map conversion and the prefix tokens).
+
+Inference (:mod:`.inference`): adapters whose update is a fixed change of frozen weights
+(``mergeable``: LoRA, RLRR, SSF) fold it into them with :meth:`Adapter.merge` and take it out
+again with :meth:`Adapter.unmerge`, as PEFT's tuner layers; their hooks pass outputs through
+while merged. Input-independent values of the spectral adapters are cached in ``eval()``
+(:class:`~moppa_det.ops.param_cache.ParamCache`), cleared by ``train()`` and by loading.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import torch
 from torch import nn
 
+from ...ops.param_cache import ParamCache
 from ..moppa.config import _from_mapping
 
 GridSizes = Sequence[tuple[int, int]]
@@ -26,6 +35,8 @@ GridSizes = Sequence[tuple[int, int]]
 Restore = Callable[[torch.Tensor], torch.Tensor]
 
 LINEAR_ROLES = ('qkv', 'proj', 'fc1', 'fc2')
+# Orders merges across adapters, so that the host unmerges last-merged first.
+_MERGE_COUNTER = itertools.count()
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,12 +127,19 @@ class Adapter(nn.Module):
     # Options that shape only the training loss (not the weights' meaning): a checkpoint made
     # with other values of these still loads.
     training_options: ClassVar[tuple[str, ...]] = ()
+    # The update is a fixed change of frozen tensors that :meth:`merge` can fold into them.
+    mergeable: ClassVar[bool] = False
 
     def __init__(self, options: Any, host: AdapterHost, sites: list[BlockSite]) -> None:
         super().__init__()
         self.options = options
         self.block_indices = [site.index for site in sites]
         self.records: dict[str, Any] = {}
+        self.merged = False
+        self.merge_order = -1
+        # (frozen tensor, its value before the merge, its fingerprint right after the merge).
+        self._originals: list[tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = []
+        self.register_load_state_dict_post_hook(_clear_caches_after_load)
         self.build(host, sites)
 
     @classmethod
@@ -164,6 +182,80 @@ class Adapter(nn.Module):
         """
         return {}
 
+    # ------------------------------------------------------------------ inference
+    def train(self, mode: bool = True) -> 'Adapter':
+        if mode and self.merged:
+            warnings.warn(f'{type(self).__name__} is merged into the frozen weights: its '
+                          'parameters get no gradient until the backbone unmerges it')
+        self.clear_inference_caches()
+        return super().train(mode)
+
+    def clear_inference_caches(self) -> None:
+        """Forgets the input-independent values cached for inference (see ``ParamCache``)."""
+        for module in self.modules():
+            for value in vars(module).values():
+                if isinstance(value, ParamCache):
+                    value.clear()
+
+    def merge_updates(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(frozen tensor, its merged value) pairs, computed from the current frozen tensors.
+
+        Raises:
+            TypeError: the adapter's update depends on the input (it cannot be merged).
+        """
+        raise TypeError(f'{type(self).__name__} cannot be merged into the frozen weights: its '
+                        'update is not a fixed change of them (it depends on the input)')
+
+    @torch.no_grad()
+    def merge(self, safe_merge: bool = False, keep_original: bool = True) -> None:
+        """Folds the update into the frozen tensors in place; the hooks then pass through.
+
+        Args:
+            safe_merge: Check the merged values for NaN/inf before writing them (PEFT's
+                ``safe_merge``).
+            keep_original: Keep a copy of the frozen tensors, so that :meth:`unmerge` restores
+                them bit for bit; ``False`` saves the memory, and unmerging is then refused.
+
+        Raises:
+            ValueError: ``safe_merge`` found non-finite values (nothing was written).
+        """
+        if self.merged:
+            warnings.warn(f'{type(self).__name__} is already merged. Nothing to do.')
+            return
+        pairs = self.merge_updates()
+        if safe_merge and not all(torch.isfinite(value).all() for _, value in pairs):
+            raise ValueError(f'{type(self).__name__}: NaNs or infs in the merged weights; '
+                             'the adapter is broken, nothing was merged')
+        originals = [target.detach().clone() if keep_original else None for target, _ in pairs]
+        for (target, value), original in zip(pairs, originals):
+            target.copy_(value)
+        self._originals = [(target, original, _fingerprint(target))
+                           for (target, _), original in zip(pairs, originals)]
+        self.merged, self.merge_order = True, next(_MERGE_COUNTER)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restores the frozen tensors of before :meth:`merge` exactly (from the kept copy).
+
+        Raises:
+            RuntimeError: merged without ``keep_original``, or a frozen tensor was written since
+                the merge (another adapter merged into it later: unmerge that one first; or
+                weights were loaded).
+        """
+        if not self.merged:
+            warnings.warn(f'{type(self).__name__} is already unmerged. Nothing to do.')
+            return
+        for target, original, fingerprint in self._originals:
+            if original is None:
+                raise RuntimeError(f'{type(self).__name__} was merged with keep_original=False: '
+                                   'the frozen weights of before the merge are gone')
+            if not torch.equal(_fingerprint(target), fingerprint):
+                raise RuntimeError(f'{type(self).__name__}: a frozen tensor it merged into was '
+                                   'written since; unmerge adapters merged after it first')
+        for target, original, _ in self._originals:
+            target.copy_(original)
+        self._originals, self.merged, self.merge_order = [], False, -1
+
     def describe(self) -> dict[str, Any]:
         """The adapter's identity for checkpoints: type, options and blocks."""
         return dict(type=type(self).__name__, options=_jsonable(dataclasses.asdict(self.options)),
@@ -171,6 +263,18 @@ class Adapter(nn.Module):
 
     def extra_repr(self) -> str:
         return f'blocks={self.block_indices}'
+
+
+def _fingerprint(tensor: torch.Tensor) -> torch.Tensor:
+    """Sums that change when a tensor is written with other values (version counters cannot
+    tell a later adapter's exact unmerge from a write)."""
+    values = tensor.detach().double()
+    return torch.stack([values.sum(), values.abs().sum(), values.square().sum()])
+
+
+def _clear_caches_after_load(module: Adapter, incompatible_keys: Any) -> None:
+    """Load post-hook (a function, not a bound method, so that deep copies clear their own)."""
+    module.clear_inference_caches()
 
 
 def _reset_outermost(module: nn.Module) -> None:

@@ -3,6 +3,9 @@
 The pre-trained ``nn.Linear`` stays in place (state-dict names stay timm's); a forward hook adds
 the rank-r update of :class:`~moppa_det.models.baselines.LoRAUpdate`, computed from the layer's
 input, to its output.
+
+Merging (:meth:`~.base.Adapter.merge`) adds ``(alpha / r) B A`` to each target's weight, as
+PEFT's ``merge``; the hooks then pass the layer's output through unchanged.
 """
 from __future__ import annotations
 
@@ -59,6 +62,7 @@ class LoRA(Adapter):
 
     name = 'lora'
     Options = LoRAOptions
+    mergeable = True
 
     def build(self, host: AdapterHost, sites: list[BlockSite]) -> None:
         options = self.options
@@ -73,9 +77,24 @@ class LoRA(Adapter):
                           options.scaling_alpha, options.dropout)
 
     def attach(self, host: AdapterHost, sites: list[BlockSite]) -> None:
+        self.layers: dict[str, nn.Linear] = {}  # not submodules: they belong to the host
         for site in sites:
             for role in self.options.targets:
-                hook_output(site.linear(role), self, f'{site.index}.{role}')
+                key = f'{site.index}.{role}'
+                self.layers[key] = site.linear(role)
+                hook_output(site.linear(role), self, key)
+
+    def delta_weight(self, key: str) -> torch.Tensor:
+        """(alpha / r) B A of target ``key``, shape (out, in), in the layer's dtype."""
+        block, role = key.split('.')
+        update = self.updates[block][role]
+        weight = self.layers[key].weight
+        return ((update.lora_b @ update.lora_a) * update.scaling).to(weight.dtype)
+
+    def merge_updates(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """W + (alpha / r) B A for every target layer."""
+        return [(layer.weight, layer.weight + self.delta_weight(key))
+                for key, layer in self.layers.items()]
 
     def adapt_output(self, key: str, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """W x + b + (alpha / r) B A x.
@@ -88,6 +107,8 @@ class LoRA(Adapter):
         Returns:
             (..., out), of the dtype of ``output``.
         """
+        if self.merged:
+            return output
         block, role = key.split('.')
         return output + self.updates[block][role](x).to(output.dtype)
 

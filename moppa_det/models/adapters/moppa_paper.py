@@ -13,6 +13,10 @@ Class/register tokens pass unchanged.
 Parameters: coefficient maps K (P, S_h, S_w, heads), one tensor per stage shared by all its
 blocks (a plain ViT has one stage; Swin's stages differ in heads); per block times
 T (P, head_dim), router logits P (P, heads) and temperatures tau (heads,).
+
+R depends on the parameters and the grid size only: in ``eval()`` under ``torch.no_grad()``
+each block's R (resized maps, gains, static router) is computed once per grid size and device
+and reused until a parameter changes (:class:`~moppa_det.ops.param_cache.ParamCache`).
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ import torch
 from torch import nn
 
 from ...ops import PRIOR_NAMES, RESIZE_MODES, apply_within, laplacian_eigenvalues
+from ...ops.dct import cached
+from ...ops.param_cache import ParamCache
 from ...ops.paper_filter import (entropy_decay, mixed_response, resize_coefficients,
                                  router_weights, routing_entropy, spectral_filter)
 from .base import Adapter, AdapterHost, BlockSite, GridSizes
@@ -172,6 +178,7 @@ class MoPPAPaper(Adapter):
         self.blocks = nn.ModuleDict({
             str(site.index): PaperBlockParams(options, site.width // site.num_heads,
                                               site.num_heads) for site in sites})
+        self.response_cache = ParamCache(max_entries=64 * len(sites))
 
     def attach(self, host: AdapterHost, sites: list[BlockSite]) -> None:
         for site in sites:
@@ -179,11 +186,21 @@ class MoPPAPaper(Adapter):
 
     def response(self, block_index: int, size: tuple[int, int],
                  device: torch.device | None = None) -> torch.Tensor:
-        """R of a block on an (H, W) grid, float32 of shape (H, W, D)."""
+        """R of a block on an (H, W) grid, float32 of shape (H, W, D); cached in inference."""
         params = self.blocks[str(block_index)]
         maps = self.maps[str(self.stage_of[block_index])].coefficients
         device = device or maps.device
-        lam = laplacian_eigenvalues(int(size[0]), int(size[1]), device)
+        size = (int(size[0]), int(size[1]))
+        return self.response_cache.get(
+            (block_index, size, device),
+            [maps, params.times, params.logits, params.temperature],
+            lambda: self._compute_response(block_index, size, device))
+
+    def _compute_response(self, block_index: int, size: tuple[int, int],
+                          device: torch.device) -> torch.Tensor:
+        params = self.blocks[str(block_index)]
+        maps = self.maps[str(self.stage_of[block_index])].coefficients
+        lam = cached(laplacian_eigenvalues, int(size[0]), int(size[1]), device)
         resized = resize_coefficients(maps.float(), size, self.options.map_resize)
         return mixed_response(lam, resized, params.times.float(), params.routing().float(),
                               self.options.priors)

@@ -10,6 +10,11 @@ its separate value projection, not query and key; their Swin code adapts the who
 Init (the authors' code, feufhd/MoPDO): s_in ~ U(+-sqrt(6 / in)), s_out ~ U(+-sqrt(6)), db = 0,
 i.e. ``kaiming_uniform_`` on (1, in) and (out, 1) tensors. **Not an identity at init**: each
 weight starts multiplied by 1 + s_out[o] s_in[i]. ``init='identity'`` zeroes s_out instead.
+
+Merging (:meth:`~.base.Adapter.merge`) writes W' and b' into the adapted rows of each layer;
+the hooks then pass outputs through. The update scales the frozen weight it reads, so on a
+layer that LoRA also adapts, RLRR must be merged first (the host's ``merge_adapters`` orders
+and checks this).
 """
 from __future__ import annotations
 
@@ -71,6 +76,7 @@ class RLRR(Adapter):
 
     name = 'rlrr'
     Options = RLRROptions
+    mergeable = True
 
     def build(self, host: AdapterHost, sites: list[BlockSite]) -> None:
         # First adapted output row of each layer (2 D for the value rows of qkv, else 0).
@@ -95,9 +101,34 @@ class RLRR(Adapter):
         return 2 * layer.out_features // 3  # timm's fused layout: q, k, v
 
     def attach(self, host: AdapterHost, sites: list[BlockSite]) -> None:
+        self.layers: dict[str, nn.Linear] = {}  # not submodules: they belong to the host
         for site in sites:
             for role in self.options.targets:
-                site.linear(role).register_forward_hook(LinearHook(self, f'{site.index}.{role}'))
+                key = f'{site.index}.{role}'
+                self.layers[key] = site.linear(role)
+                site.linear(role).register_forward_hook(LinearHook(self, key))
+
+    def merge_updates(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """W' = W + W * (s_out s_in^T) and b' = b + db on the adapted rows of every layer.
+
+        Raises:
+            ValueError: a layer has no bias but its bias shift is non-zero.
+        """
+        pairs = []
+        for key, layer in self.layers.items():
+            block, role = key.split('.')
+            update, first = self.updates[block][role], self._first_row[key]
+            weight = layer.weight.clone()
+            weight[first:] += update.delta_weight(layer.weight[first:])
+            pairs.append((layer.weight, weight))
+            if layer.bias is not None:
+                bias = layer.bias.clone()
+                bias[first:] += update.bias_shift.to(bias.dtype)
+                pairs.append((layer.bias, bias))
+            elif update.bias_shift.any():
+                raise ValueError(f'RLRR, block {block}: {role} has no bias to merge the bias '
+                                 'shift into')
+        return pairs
 
     def adapt_linear(self, key: str, weight: torch.Tensor, x: torch.Tensor,
                      output: torch.Tensor) -> torch.Tensor:
@@ -112,6 +143,8 @@ class RLRR(Adapter):
         Returns:
             (..., out), of the dtype of ``output``.
         """
+        if self.merged:
+            return output
         block, role = key.split('.')
         first = self._first_row[key]
         update = self.updates[block][role](x, weight[first:]).to(output.dtype)

@@ -8,6 +8,12 @@ norm1 of each block too (option ``norm1``) and none after the patch embedding.
 A patch-embedding site makes every block's backward pass run (its gradient flows through all
 of them); ``patch_embed=False`` keeps the backward pass to the adapted blocks, for comparisons
 of methods on the same blocks.
+
+Merging (:meth:`~.base.Adapter.merge`) folds each scale and shift into the affine parameters of
+the module it follows: a norm's weight and bias (w' = w * gamma, b' = b * gamma + beta), or, for
+a patch embedding without a norm, its convolution's weight and bias. A site whose module has
+another adapter's output hook before SSF's (e.g. MoPPA after norm1) is refused: folding would
+move SSF before that adapter.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ from torch import nn
 
 from ..baselines import SSF_INITS, SSFAffine
 from .base import Adapter, AdapterHost, BlockSite
-from .hooks import hook_output
+from .hooks import OutputHook, hook_output
 from .option_checks import check_bool, check_choice, check_number
 from .registry import ADAPTERS
 
@@ -70,6 +76,7 @@ class SSF(Adapter):
 
     name = 'ssf'
     Options = SSFOptions
+    mergeable = True
 
     def build(self, host: AdapterHost, sites: list[BlockSite]) -> None:
         options = self.options
@@ -87,13 +94,42 @@ class SSF(Adapter):
         return SSFAffine(channels, self.options.init, self.options.std)
 
     def attach(self, host: AdapterHost, sites: list[BlockSite]) -> None:
+        self.site_modules: dict[str, nn.Module] = {}  # not submodules: the host's
         if self.patch_embed is not None:
-            hook_output(host.patch_embed(), self, 'patch_embed')
+            self.site_modules['patch_embed'] = host.patch_embed()
         if self.final_norm is not None:
-            hook_output(host.final_norm(), self, 'final_norm')
+            self.site_modules['final_norm'] = host.final_norm()
         for site in sites:
             for norm in self.options.block_norms:
-                hook_output(getattr(site, norm), self, f'{site.index}.{norm}')
+                self.site_modules[f'{site.index}.{norm}'] = getattr(site, norm)
+        for key, module in self.site_modules.items():
+            hook_output(module, self, key)
+
+    def merge_updates(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each site's scale and shift folded into the affine parameters before it.
+
+        Raises:
+            ValueError: another adapter acts on a site's output before SSF, or the module has
+                no affine parameters to fold into.
+        """
+        pairs = []
+        for key, module in self.site_modules.items():
+            self._check_first_output_hook(key, module)
+            affine = self.affine(key)
+            weight, bias = _affine_parameters(module, key)
+            shape = (-1,) + (1,) * (weight.dim() - 1)  # conv weights (C, 3, p, p)
+            pairs.append((weight, weight * affine.scale.to(weight.dtype).reshape(shape)))
+            pairs.append((bias, torch.addcmul(affine.shift, bias, affine.scale).to(bias.dtype)))
+        return pairs
+
+    def _check_first_output_hook(self, key: str, module: nn.Module) -> None:
+        for hook in module._forward_hooks.values():
+            if isinstance(hook, OutputHook) and hook.adapter is self and hook.key == key:
+                return
+            other = getattr(hook, 'adapter', None)
+            if other is not None and other is not self:
+                raise ValueError(f'SSF site {key!r}: {type(other).__name__} acts on the same '
+                                 'output before SSF, so SSF cannot be folded into the module')
 
     def affine(self, key: str) -> SSFAffine:
         """The affine map of a site key: 'patch_embed', 'final_norm' or '{block}.{norm}'."""
@@ -104,6 +140,8 @@ class SSF(Adapter):
 
     def adapt_output(self, key: str, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
         """output * gamma + beta per channel (last dimension: tokens or NHWC maps)."""
+        if self.merged:
+            return output
         return self.affine(key)(output)
 
     def extra_repr(self) -> str:
@@ -117,3 +155,21 @@ def _channels(norm: nn.Module, default: int) -> int:
     """Channel count of a norm layer (LayerNorm's normalized_shape), else ``default``."""
     shape = getattr(norm, 'normalized_shape', None)
     return int(shape[-1]) if shape else default
+
+
+def _affine_parameters(module: nn.Module, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel (weight, bias) that end ``module``'s output (of SSF site ``key``).
+
+    A norm with an elementwise affine, or a patch embedding's norm, or (no norm) its
+    projection convolution.
+    """
+    norm = getattr(module, 'norm', None)
+    if hasattr(module, 'proj') and (norm is None or isinstance(norm, nn.Identity)):
+        module = module.proj  # patch embedding without a norm: its convolution
+    elif norm is not None:
+        module = norm
+    weight, bias = getattr(module, 'weight', None), getattr(module, 'bias', None)
+    if not isinstance(weight, torch.Tensor) or not isinstance(bias, torch.Tensor):
+        raise ValueError(f'SSF site {key!r}: {type(module).__name__} has no weight and bias to '
+                         'fold the scale and shift into')
+    return weight, bias

@@ -12,6 +12,13 @@ of the pre-trained weights, frozen or not, every adapter's type, options and blo
 state dict made for another model or other adapters is refused naming the difference; a state
 dict without the frozen weights (an adapter-only checkpoint) is completed from the backbone's
 own weights when loaded, but only if the hash matches.
+
+Deployment: :meth:`TimmAdapterBackbone.merge_adapters` folds LoRA, RLRR and SSF into the frozen
+weights in place (PEFT's ``merge_adapter``) and :meth:`~TimmAdapterBackbone.unmerge_adapters`
+restores them exactly (see :mod:`moppa_det.models.adapters.inference`). A merged backbone's
+meta names the merged adapters (``merged``), and such a state dict is refused when loaded: its
+frozen weights are not the pre-trained ones its hash names. Loading into a merged backbone is
+refused too (unmerge first).
 """
 from __future__ import annotations
 
@@ -24,6 +31,7 @@ from timm.layers import use_reentrant_ckpt
 from torch import nn
 
 from ..adapters import BlockSite, build_adapter, normalise_specs
+from ..adapters.inference import merge_adapters, merged_adapter_names, unmerge_adapters
 from ..progress import training_progress
 from .meta import (
     EXTRA_STATE_KEY,
@@ -235,6 +243,26 @@ class TimmAdapterBackbone(BaseModule):
             self.model.requires_grad_(False)
         return self
 
+    # --------------------------------------------------------------------- deployment
+    def merge_adapters(self, names: list[str] | None = None, safe_merge: bool = False,
+                       keep_original: bool = True) -> list[str]:
+        """Folds LoRA/RLRR/SSF (all of them, or ``names``) into the frozen weights in place.
+
+        Returns:
+            Keys of the adapters merged. See :func:`~..adapters.inference.merge_adapters`.
+        """
+        _ = self.weights_sha256  # the identity stays that of the pre-trained weights
+        return merge_adapters(self.adapters, names, safe_merge, keep_original)
+
+    def unmerge_adapters(self) -> list[str]:
+        """Restores the frozen weights of before :meth:`merge_adapters`, bit for bit."""
+        return unmerge_adapters(self.adapters)
+
+    @property
+    def merged_adapters(self) -> list[str]:
+        """Keys of the adapters merged into the frozen weights."""
+        return merged_adapter_names(self.adapters)
+
     # ------------------------------------------------------------------ checkpoints
     @property
     def weights_sha256(self) -> str:
@@ -244,9 +272,12 @@ class TimmAdapterBackbone(BaseModule):
 
     def meta(self) -> dict[str, Any]:
         """The backbone's identity: timm name, weights hash, frozen or not, adapters."""
-        return dict(version=META_VERSION, model_name=self.model_name,
+        meta = dict(version=META_VERSION, model_name=self.model_name,
                     weights_sha256=self.weights_sha256, frozen=self.frozen,
                     adapters=[adapter.describe() for adapter in self.adapters.values()])
+        if self.merged_adapters:  # absent otherwise: unmerged metas stay as they were
+            meta['merged'] = self.merged_adapters
+        return meta
 
     def get_extra_state(self) -> torch.Tensor:
         return encode_meta(self.meta())
@@ -263,6 +294,9 @@ class TimmAdapterBackbone(BaseModule):
                 adapters, its meta cannot be read, or it holds no frozen weights and was made
                 with other frozen weights.
         """
+        if self.merged_adapters:
+            raise RuntimeError(f'{self.merged_adapters} are merged into the frozen weights: '
+                               'call unmerge_adapters() before loading a state dict')
         key = prefix + EXTRA_STATE_KEY
         meta = read_meta(state_dict.get(key), key) if key in state_dict else None
         if meta is not None and meta.get('version', 1) < META_VERSION:
@@ -284,6 +318,11 @@ class TimmAdapterBackbone(BaseModule):
                 state_dict[model_prefix + name] = value
 
     def _check_meta(self, meta: dict[str, Any], has_frozen: bool) -> None:
+        if meta.get('merged'):
+            raise BackboneCheckpointMismatch(
+                f'checkpoint was saved with {meta["merged"]} merged into its frozen weights (a '
+                'deployment copy); load one saved before merge_adapters() or after '
+                'unmerge_adapters()')
         if meta.get('model_name') != self.model_name:
             raise BackboneCheckpointMismatch(
                 f'checkpoint was made for backbone {meta.get("model_name")!r}, but the config '
