@@ -67,7 +67,8 @@ def train(config: Path, work_dir: Path, *extra: str) -> str:
     return result.stdout + result.stderr
 
 
-def kill_after_first_checkpoint(config: Path, work_dir: Path, log: Path) -> None:
+def kill_after_first_checkpoint(config: Path, work_dir: Path, log: Path,
+                                first: str = f'iter_{INTERVAL}.pth', last: str = f'iter_{MAX_ITERS}.pth') -> None:
     """Trains until the first checkpoint is complete, then SIGKILL.
 
     The steps of this run sleep 2 s (the sleep draws no random number), so the kill lands
@@ -77,10 +78,10 @@ def kill_after_first_checkpoint(config: Path, work_dir: Path, log: Path) -> None
         process = subprocess.Popen(train_command(config, work_dir, '--cfg-options',
                                                  'model.step_seconds=2.0'), env=child_env(),
                                    stdout=stream, stderr=subprocess.STDOUT)
-        wait_for_checkpoint(process, work_dir, f'iter_{INTERVAL}.pth', log)
+        wait_for_checkpoint(process, work_dir, first, log, timeout=240)
         process.send_signal(signal.SIGKILL)
         process.wait()
-    assert not (work_dir / f'iter_{MAX_ITERS}.pth').exists(), 'the kill came too late'
+    assert not (work_dir / last).exists(), 'the kill came too late'
 
 
 def records(work_dir: Path) -> tuple[dict[int, float], list[float]]:
@@ -123,6 +124,33 @@ def test_killed_and_resumed_run_equals_uninterrupted_run(tmp_path: Path,
     assert len(whole_metrics) == 2 and resumed_metrics[-1] == whole_metrics[-1]
     for key, value in final_state(whole).items():
         torch.testing.assert_close(final_state(resumed)[key], value, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_epoch_based_loop_resumes_exactly(tmp_path: Path) -> None:
+    """EpochBasedTrainLoop (the COCO configs'): 4 epochs of 8 iterations, checkpoint and
+    validation every 2 epochs. (With persistent workers the workers' generators would not come
+    back: MMEngine seeds them once, and a resumed run starts them afresh.)"""
+    config = write_config(tmp_path / 'toy.py', 0, extra=f"""
+train_dataloader = dict(
+    batch_size=2, num_workers=0, dataset=dict(type='AugmentedToyDataset'),
+    sampler=dict(type='DefaultSampler', shuffle=True), collate_fn=dict(type='default_collate'))
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=4, val_interval=2)
+default_hooks = dict(
+    checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=True, max_keep_ckpts=1),
+    logger=dict(type='LoggerHook', interval=1))
+""")
+    whole, resumed = tmp_path / 'whole', tmp_path / 'resumed'
+    train(config, whole)
+    kill_after_first_checkpoint(config, resumed, tmp_path / 'killed.log', 'epoch_2.pth',
+                                'epoch_4.pth')
+    assert 'resumed epoch: 2, iter: 16' in train(config, resumed, '--resume')
+    whole_losses, whole_metrics = records(whole)
+    resumed_losses, resumed_metrics = records(resumed)
+    assert sorted(whole_losses) == list(range(1, 33))
+    assert {i: resumed_losses[i] for i in range(17, 33)} == \
+        {i: whole_losses[i] for i in range(17, 33)}
+    assert resumed_metrics[-1] == whole_metrics[-1]
 
 
 @pytest.mark.slow

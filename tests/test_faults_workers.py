@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from test_faults_resume import write_config
 from test_resume import child_env, train_command
 
@@ -69,3 +70,26 @@ def test_workers_die_with_a_killed_training_process(tmp_path: Path) -> None:
     for pid in survivors:  # clean up before failing
         os.kill(pid, signal.SIGKILL)
     assert not survivors, f'data-loader workers {survivors} outlived the killed run'
+
+
+def test_death_signal_is_composed_with_mmengine_seeding() -> None:
+    """The workers keep MMEngine's seeding worker_init_fn; the death signal comes first."""
+    from functools import partial
+
+    from mmengine.dataset import worker_init_fn
+
+    from fault_toy_modules import AugmentedToyDataset
+    from moppa_det.engine.runner import FaultTolerantRunner
+    from moppa_det.engine.worker_init import DieWithParentWorkerInit
+
+    loader = FaultTolerantRunner.build_dataloader(
+        dict(batch_size=2, num_workers=2, dataset=dict(type=AugmentedToyDataset),
+             sampler=dict(type='DefaultSampler', shuffle=True),
+             collate_fn=dict(type='default_collate')), seed=7)
+    init = loader.worker_init_fn
+    assert isinstance(init, DieWithParentWorkerInit) and init.parent_pid == os.getpid()
+    assert isinstance(init.init_fn, partial) and init.init_fn.func is worker_init_fn
+    assert init.init_fn.keywords['seed'] == 7 and init.init_fn.keywords['num_workers'] == 2
+    # Two epochs through real workers give the same seeded augmentation as MMEngine's alone.
+    first = [batch['inputs'] for batch in loader]
+    assert all(torch.equal(a, b) for a, b in zip(first, [batch['inputs'] for batch in loader]))
