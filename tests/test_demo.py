@@ -181,3 +181,15 @@ def test_short_runs_keep_a_cosine_phase() -> None:
     assert {'train_cfg.max_iters=20', 'param_scheduler.0.end=10', 'param_scheduler.1.begin=10',
             'param_scheduler.1.end=20'} <= set(options)
     assert not any(o.startswith('data_root=') for o in options)  # the config's own data root
+
+
+def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / 'cpuinfo'
+    cpuinfo.write_text('flags\t\t: fpu sse2 avx2 fma\n')
+    assert demo.native_bf16(cpuinfo) is False
+    cpuinfo.write_text('flags\t\t: fpu avx2 avx512f avx512_bf16\n')
+    assert demo.native_bf16(cpuinfo) is True
+    assert demo.native_bf16(tmp_path / 'missing') is None
+    options = demo.config_options(demo.parse_args(
+        ['--cfg-options', 'model.backbone.autocast_dtype=None']), None)
+    assert options[-1] == 'model.backbone.autocast_dtype=None'

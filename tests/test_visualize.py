@@ -66,12 +66,15 @@ def test_empty_sides() -> None:
 
 def test_labels_of_overlapping_boxes_do_not_cover_each_other() -> None:
     taken: list = []
-    for _ in range(3):  # three boxes at almost the same place, as overlapping detections are
+    for _ in range(4):  # boxes at the same place, as overlapping low-score detections are
         taken.append(visualize.place_label((100, 100, 160, 160), (50, 18), taken, (512, 512)))
-    assert len(set(taken)) == 3
+    assert None not in taken and len(set(taken)) == 4
     assert not any(visualize.overlaps(a, b) for i, a in enumerate(taken) for b in taken[i + 1:])
+    # No clear place left: no label rather than one on top of another.
+    assert visualize.place_label((100, 100, 160, 160), (50, 18), taken, (512, 512)) is None
     # Kept inside the picture at its edge.
     x1, y1, x2, y2 = visualize.place_label((0, 0, 30, 30), (50, 18), [], (512, 512))
+    assert visualize.count(1, 'miss', 'misses') == '1 miss' and visualize.count(2, 'hit') == '2 hits'
     assert x1 >= 0 and y1 >= 0 and x2 <= 512 and y2 <= 512
 
 

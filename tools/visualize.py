@@ -54,6 +54,11 @@ class Matching:
     misses: list[int]
 
 
+def count(n: int, singular: str, plural: str | None = None) -> str:
+    """``'1 hit'``, ``'2 hits'``."""
+    return f'{n} {singular if n == 1 else plural or singular + "s"}'
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box in ``a`` (N, 4) with every box in ``b`` (M, 4): an (N, M) array."""
     top_left = np.maximum(a[:, None, :2], b[None, :, :2])
@@ -116,17 +121,19 @@ def overlaps(a: tuple, b: tuple) -> bool:
 
 
 def place_label(box: tuple, size: tuple[int, int], taken: list[tuple],
-                bounds: tuple[int, int]) -> tuple[int, int, int, int]:
-    """Where a label of ``size`` (w, h) goes: above, inside or below ``box``, where it covers the
-    fewest labels already in ``taken`` (first choice on a tie), kept inside ``bounds`` (W, H)."""
+                bounds: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """Where a label of ``size`` (w, h) goes: above, inside or below ``box``, kept inside
+    ``bounds`` (W, H) and clear of the labels in ``taken``; None when no place is clear (the box
+    is then drawn without a label rather than with one covering another)."""
     x1, y1, _, y2 = box
     w, h = size
-    candidates = []
     for top in (y1 - h, y1, y2, y2 - h):
         left = min(max(0, x1), bounds[0] - w)
         top = min(max(0, top), bounds[1] - h)
-        candidates.append((left, top, left + w, top + h))
-    return min(candidates, key=lambda rect: sum(overlaps(rect, t) for t in taken))
+        rect = (left, top, left + w, top + h)
+        if not any(overlaps(rect, t) for t in taken):
+            return rect
+    return None
 
 
 def draw_box(draw: ImageDraw.ImageDraw, box: tuple, colour: tuple, dashed: bool = False,
@@ -160,6 +167,8 @@ def render_panel(image: np.ndarray, boxes: list[tuple[np.ndarray, str, tuple, bo
         left, top, right, bottom = draw.textbbox((0, 0), text, font=label_font)
         size = (int(right - left) + 6, int(bottom - top) + 6)
         rect = place_label(tuple(int(float(v) * scale) for v in xyxy), size, taken, panel.size)
+        if rect is None:
+            continue
         taken.append(rect)
         draw.rectangle(rect, fill=colour)
         draw.text((rect[0] + 3 - left, rect[1] + 3 - top), text, font=label_font,
@@ -211,16 +220,18 @@ def side_by_side(image: np.ndarray, gt: Instances, pred: Instances, classes: lis
     scale = upscale_factor(image.shape[1], image.shape[0])
     gt_boxes = [(b, classes[int(c)], PALETTE[int(c) % len(PALETTE)], False)
                 for b, c in zip(gt.boxes, gt.labels)]
-    pred_boxes = [(pred.boxes[i], f'{classes[int(pred.labels[i])]} {pred.scores[i]:.2f}',
-                   HIT if i in result.hits else FALSE_POSITIVE, False) for i in range(len(pred.boxes))]
-    pred_boxes += [(gt.boxes[i], f'missed {classes[int(gt.labels[i])]}', MISS, True)
-                   for i in result.misses]
+    # Labels are placed in this order, so misses and hits keep theirs in a crowd.
+    pred_boxes = [(gt.boxes[i], f'missed {classes[int(gt.labels[i])]}', MISS, True)
+                  for i in result.misses]
+    pred_boxes += [(pred.boxes[i], f'{classes[int(pred.labels[i])]} {pred.scores[i]:.2f}',
+                    HIT if i in result.hits else FALSE_POSITIVE, False)
+                   for i in result.hits + result.false_positives]
     left, right = render_panel(image, gt_boxes, gt, scale), render_panel(image, pred_boxes, pred, scale)
     gap = 16
-    heads = [text_band([f'ground truth: {len(gt.boxes)} objects'], left.width),
-             text_band([f'prediction, score >= {score_thr:.2f}: {len(result.hits)} hits, '
-                        f'{len(result.misses)} misses, {len(result.false_positives)} false '
-                        'positives'], right.width)]
+    heads = [text_band([f'ground truth: {count(len(gt.boxes), "object")}'], left.width),
+             text_band([f'prediction, score >= {score_thr:.2f}: {count(len(result.hits), "hit")}, '
+                        f'{count(len(result.misses), "miss", "misses")}, '
+                        f'{count(len(result.false_positives), "false positive")}'], right.width)]
     top = max(head.height for head in heads)
     panels = Image.new('RGB', (left.width + gap + right.width, top + left.height), BACKGROUND)
     for x, head, panel in ((0, heads[0], left), (left.width + gap, heads[1], right)):
@@ -242,6 +253,6 @@ def prediction_only(image: np.ndarray, pred: Instances, classes: list[str], scor
     parts = [text_band([title], panel.width)]
     if warning:
         parts.append(text_band([warning], panel.width, fill=WARNING))
-    parts.append(text_band([f'prediction, score >= {score_thr:.2f}: {len(boxes)} detections '
+    parts.append(text_band([f'prediction, score >= {score_thr:.2f}: {count(len(boxes), "detection")} '
                             '(no ground truth to compare with)'], panel.width))
     return stack(parts + [panel])
