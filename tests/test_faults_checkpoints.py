@@ -15,8 +15,11 @@ import torch
 from test_faults_resume import train, write_config
 from test_resume import REPO_ROOT, child_env, train_command
 
-from moppa_det.engine.checkpoint_files import (CheckpointReadError, check_checkpoint_file,
-                                               latest_good_checkpoint)
+from moppa_det.engine.checkpoint_files import (
+    CheckpointReadError,
+    check_checkpoint_file,
+    latest_good_checkpoint,
+)
 from moppa_det.engine.safe_checkpoint import load_from_local_safe
 
 TEST = REPO_ROOT / 'tools' / 'test.py'
@@ -98,24 +101,23 @@ model = dict(type='NoisyToyRegressor', ballast_mib=64)
 {HOOKS.format(interval=1, keep=1)}
 """)
     work_dir, log = tmp_path / 'work', tmp_path / 'train.log'
-    for trial in range(1):  # more trials: same outcome, 10 s each
-        with log.open('w') as stream:
-            process = subprocess.Popen(train_command(config, work_dir, '--resume'),
-                                       env=child_env(), stdout=stream,
-                                       stderr=subprocess.STDOUT)
-            # The second save starts once the first is complete; kill it while it writes.
-            wait_for_text(process, log, 'Saving checkpoint', count=2)
-            deadline = time.monotonic() + 60
-            while not any(work_dir.glob('.*.partial')) and time.monotonic() < deadline:
-                time.sleep(0.001)
-            process.send_signal(signal.SIGKILL)
-            process.wait()
-        assert any(work_dir.glob('.*.partial')), 'the kill did not land inside a save'
-        named = Path((work_dir / 'last_checkpoint').read_text().strip())
-        check_checkpoint_file(str(named), load_from_local_safe)  # complete and readable
-        for path in work_dir.glob('iter_*.pth'):
-            check_checkpoint_file(str(path), load_from_local_safe)
-    output = train(config, work_dir, '--resume', '--cfg-options', 'train_cfg.max_iters=12')
+    with log.open('w') as stream:
+        process = subprocess.Popen(train_command(config, work_dir, '--resume'),
+                                   env=child_env(), stdout=stream,
+                                   stderr=subprocess.STDOUT)
+        # The second save starts once the first is complete; kill it while it writes.
+        wait_for_text(process, log, 'Saving checkpoint', count=2)
+        deadline = time.monotonic() + 60
+        while not any(work_dir.glob('.*.partial')) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert any(work_dir.glob('.*.partial')), 'the kill did not land inside a save'
+    named = Path((work_dir / 'last_checkpoint').read_text().strip())
+    check_checkpoint_file(str(named), load_from_local_safe)  # complete and readable
+    for path in work_dir.glob('iter_*.pth'):
+        check_checkpoint_file(str(path), load_from_local_safe)
+    output = train(config, work_dir, '--resume', '--cfg-options', 'train_cfg.max_iters=4')
     assert 'left behind by an interrupted save' in output
     assert not any(work_dir.glob('.*.partial'))
 
@@ -136,7 +138,8 @@ model = dict(type='NoisyToyRegressor')
 
 
 def test_only_checkpoint_unreadable_stops_resume(tmp_path: Path) -> None:
-    config = write_config(tmp_path / 'toy.py', num_workers=0, extra="model = dict(type='NoisyToyRegressor')")
+    config = write_config(tmp_path / 'toy.py', num_workers=0,
+                          extra="model = dict(type='NoisyToyRegressor')")
     work_dir = tmp_path / 'work'
     work_dir.mkdir()
     (work_dir / 'iter_4.pth').write_text('oops')

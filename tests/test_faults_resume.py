@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -68,7 +67,8 @@ def train(config: Path, work_dir: Path, *extra: str) -> str:
 
 
 def kill_after_first_checkpoint(config: Path, work_dir: Path, log: Path,
-                                first: str = f'iter_{INTERVAL}.pth', last: str = f'iter_{MAX_ITERS}.pth') -> None:
+                                first: str = f'iter_{INTERVAL}.pth',
+                                last: str = f'iter_{MAX_ITERS}.pth') -> None:
     """Trains until the first checkpoint is complete, then SIGKILL.
 
     The steps of this run sleep 2 s (the sleep draws no random number), so the kill lands
@@ -131,7 +131,7 @@ def test_epoch_based_loop_resumes_exactly(tmp_path: Path) -> None:
     """EpochBasedTrainLoop (the COCO configs'): 4 epochs of 8 iterations, checkpoint and
     validation every 2 epochs. (With persistent workers the workers' generators would not come
     back: MMEngine seeds them once, and a resumed run starts them afresh.)"""
-    config = write_config(tmp_path / 'toy.py', 0, extra=f"""
+    config = write_config(tmp_path / 'toy.py', 0, extra="""
 train_dataloader = dict(
     batch_size=2, num_workers=0, dataset=dict(type='AugmentedToyDataset'),
     sampler=dict(type='DefaultSampler', shuffle=True), collate_fn=dict(type='default_collate'))
@@ -163,7 +163,8 @@ def test_mmengine_runner_alone_does_not_resume_exactly(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_detector_killed_and_resumed_equals_uninterrupted(toy_setup, tmp_path: Path) -> None:
+def test_detector_killed_and_resumed_equals_uninterrupted(toy_setup,  # noqa: F811
+                                                          tmp_path: Path) -> None:
     """The same on Mask R-CNN with a tiny frozen MoPPA ViT (RPN/RoI sampling, RandomFlip,
     COCO metrics): 6 iterations, checkpoint and validation every 3."""
     root, data_root, weights = toy_setup

@@ -21,7 +21,7 @@ STAMP="$VENV/.moppa_env_complete"
 TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
 MMCV_VERSION=2.1.0
 STACK_PINS=(mmengine==0.10.7 mmdet==3.3.0 timm==1.0.31 pycocotools==2.0.11 "numpy>=2.0,<2.5")
-EXTRA_PINS=(pytest scipy matplotlib onnx onnxruntime safetensors)
+EXTRA_PINS=(pytest ruff scipy matplotlib onnx onnxruntime safetensors)
 
 STEP="start"
 trap 'echo "[env] FAILED during step: $STEP (see the output above). Re-run make env after fixing it." >&2' ERR

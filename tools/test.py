@@ -7,21 +7,25 @@ from __future__ import annotations
 
 import argparse
 import os
-import warnings
-from copy import deepcopy
-
 import os.path as osp
 import sys
+import warnings
+from copy import deepcopy
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)  # so that ``import moppa_det`` finds this clone
 
-import moppa_det  # noqa: E402,F401  (registrations, safe checkpoint loading)
-from moppa_det.engine.launch import (RUN_ERRORS, add_common_args, build_runner,  # noqa: E402
-                                     check_before_build, load_config)
-
 from mmengine.config import Config, ConfigDict
+
+import moppa_det  # noqa: E402,F401  (registrations, safe checkpoint loading)
+from moppa_det.engine.launch import (  # noqa: E402
+    RUN_ERRORS,
+    add_common_args,
+    build_runner,
+    check_before_build,
+    load_config,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,12 +64,14 @@ def enable_tta(cfg: Config) -> None:
         cfg: The config, updated in place.
     """
     if 'tta_model' not in cfg:
-        warnings.warn('Cannot find ``tta_model`` in config, we will set it as default.')
+        warnings.warn('Cannot find ``tta_model`` in config, we will set it as default.',
+                      stacklevel=2)
         cfg.tta_model = dict(type='DetTTAModel',
                              tta_cfg=dict(nms=dict(type='nms', iou_threshold=0.5),
                                           max_per_img=100))
     if 'tta_pipeline' not in cfg:
-        warnings.warn('Cannot find ``tta_pipeline`` in config, we will set it as default.')
+        warnings.warn('Cannot find ``tta_pipeline`` in config, we will set it as default.',
+                      stacklevel=2)
         data_cfg = cfg.test_dataloader.dataset
         while 'dataset' in data_cfg:  # dataset wrappers
             data_cfg = data_cfg['dataset']

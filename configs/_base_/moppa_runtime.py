@@ -27,6 +27,9 @@ custom_hooks = [
     dict(type='AdapterHostHook'),  # any detector: valid image sizes in, auxiliary losses out
     dict(type='ParameterReportHook'),
     dict(type='TrainableCheckpointHook'),  # checkpoints hold units, neck, heads, optimizer, meta
+    # Also added by tools/train.py's runner; listed so that other runners get them too.
+    dict(type='RandomStateHook'),  # a killed and resumed run repeats the uninterrupted one
+    dict(type='NonFiniteLossHook', action='stop'),  # 'skip' skips steps with a NaN/inf loss
 ]
 # Frozen backbone parameters receive no gradient, but every trainable one does each step.
 model_wrapper_cfg = dict(type='MMDistributedDataParallel', find_unused_parameters=False)

@@ -242,7 +242,7 @@ def dataset_classes(cfg: Any) -> tuple[list | None, str]:
     return None, ''
 
 
-# --- backbone weights ------------------------------------------------------------------------------
+# --- backbone weights --------------------------------------------------------------------------
 def check_backbone_weights(cfg: Any) -> None:
     """``model.backbone.checkpoint``, if set to a local file, exists and holds weights."""
     backbone = (cfg.get('model') or {}).get('backbone')

@@ -61,7 +61,8 @@ def check_annotation_file(key: str, path: str) -> dict | None:
             content = json.load(file)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise SystemExit(f'{key}: {path} is not valid JSON ({error})') from None
-    missing = [k for k in ('images', 'categories') if not isinstance(content, dict) or k not in content]
+    missing = [k for k in ('images', 'categories')
+               if not isinstance(content, dict) or k not in content]
     if missing:
         raise SystemExit(f'{key}: {path} is not a COCO annotation file (no {", ".join(missing)})')
     if not content['categories']:
