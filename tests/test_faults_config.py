@@ -11,8 +11,12 @@ import torch
 from conftest import REPO_ROOT
 from mmengine.config import Config
 
-from moppa_det.engine.config_checks import (ConfigKeyError, accepted_keys, check_backbone_weights,
-                                            check_config)
+from moppa_det.engine.config_checks import (
+    ConfigKeyError,
+    accepted_keys,
+    check_backbone_weights,
+    check_config,
+)
 
 DEMO_CONFIG = REPO_ROOT / 'configs/demo/mask_rcnn_vits14_moppa_toy.py'
 LEAF_CONFIGS = sorted(p for p in (REPO_ROOT / 'configs').rglob('*.py') if '_base_' not in p.parts)

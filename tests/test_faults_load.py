@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train_e2e import child_env, toy_setup, write_config  # noqa: F401  (fixture)
-
 from conftest import REPO_ROOT
+from test_train_e2e import child_env, toy_setup, write_config  # noqa: F401  (fixture)
 
 MAX_ITERS, WARM_UP = 300, 50
 # Allocator and page-cache noise seen between iteration 50 and 300 stays well under this.

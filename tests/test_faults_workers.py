@@ -76,9 +76,9 @@ def test_death_signal_is_composed_with_mmengine_seeding() -> None:
     """The workers keep MMEngine's seeding worker_init_fn; the death signal comes first."""
     from functools import partial
 
+    from fault_toy_modules import AugmentedToyDataset
     from mmengine.dataset import worker_init_fn
 
-    from fault_toy_modules import AugmentedToyDataset
     from moppa_det.engine.runner import FaultTolerantRunner
     from moppa_det.engine.worker_init import DieWithParentWorkerInit
 

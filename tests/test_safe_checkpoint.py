@@ -18,9 +18,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from moppa_det.engine.checkpoint_files import CheckpointReadError
-from moppa_det.engine.safe_checkpoint import (UntrustedCheckpointError,
-                                              install_safe_checkpoint_loader,
-                                              load_from_local_safe)
+from moppa_det.engine.safe_checkpoint import (
+    UntrustedCheckpointError,
+    install_safe_checkpoint_loader,
+    load_from_local_safe,
+)
 
 install_safe_checkpoint_loader()
 

@@ -15,11 +15,16 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)  # so that ``import moppa_det`` finds this clone
 
-import moppa_det  # noqa: E402,F401  (registers moppa_det's modules in MMDetection's registries)
 from mmengine.config import Config  # noqa: E402
 
-from moppa_det.engine.launch import (RUN_ERRORS, add_common_args, build_runner,  # noqa: E402
-                                     check_before_build, load_config)
+import moppa_det  # noqa: E402,F401  (registers moppa_det's modules in MMDetection's registries)
+from moppa_det.engine.launch import (  # noqa: E402
+    RUN_ERRORS,
+    add_common_args,
+    build_runner,
+    check_before_build,
+    load_config,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
