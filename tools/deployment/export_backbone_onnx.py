@@ -124,11 +124,11 @@ def build_backbone(config: str, checkpoint: str, cfg_options: dict | None = None
     """``cfg.model.backbone`` of ``config``, with the checkpoint's ``backbone.*`` entries loaded
     through the backbone's own load path (``checkpoint='none'``: as built). ``features``: the
     whole detector's :class:`FeatureExtractor`, with the whole checkpoint loaded."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
     from mmengine.config import Config
 
     import moppa_det  # noqa: F401  (registers the backbones)
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
     register_all_modules(init_default_scope=True)
     cfg = Config.fromfile(config)
     if cfg_options:

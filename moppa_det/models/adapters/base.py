@@ -186,7 +186,8 @@ class Adapter(nn.Module):
     def train(self, mode: bool = True) -> 'Adapter':
         if mode and self.merged:
             warnings.warn(f'{type(self).__name__} is merged into the frozen weights: its '
-                          'parameters get no gradient until the backbone unmerges it')
+                          'parameters get no gradient until the backbone unmerges it',
+                          stacklevel=2)
         self.clear_inference_caches()
         return super().train(mode)
 
@@ -220,14 +221,15 @@ class Adapter(nn.Module):
             ValueError: ``safe_merge`` found non-finite values (nothing was written).
         """
         if self.merged:
-            warnings.warn(f'{type(self).__name__} is already merged. Nothing to do.')
+            warnings.warn(f'{type(self).__name__} is already merged. Nothing to do.',
+                          stacklevel=2)
             return
         pairs = self.merge_updates()
         if safe_merge and not all(torch.isfinite(value).all() for _, value in pairs):
             raise ValueError(f'{type(self).__name__}: NaNs or infs in the merged weights; '
                              'the adapter is broken, nothing was merged')
         originals = [target.detach().clone() if keep_original else None for target, _ in pairs]
-        for (target, value), original in zip(pairs, originals):
+        for target, value in pairs:
             target.copy_(value)
         self._originals = [(target, original, _fingerprint(target))
                            for (target, _), original in zip(pairs, originals)]
@@ -243,7 +245,8 @@ class Adapter(nn.Module):
                 weights were loaded).
         """
         if not self.merged:
-            warnings.warn(f'{type(self).__name__} is already unmerged. Nothing to do.')
+            warnings.warn(f'{type(self).__name__} is already unmerged. Nothing to do.',
+                          stacklevel=2)
             return
         for target, original, fingerprint in self._originals:
             if original is None:

@@ -10,6 +10,7 @@ PEFT's ``merge``; the hooks then pass the layer's output through unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 from torch import nn
 

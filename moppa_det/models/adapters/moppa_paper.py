@@ -28,9 +28,15 @@ from torch import nn
 
 from ...ops import PRIOR_NAMES, RESIZE_MODES, apply_within, laplacian_eigenvalues
 from ...ops.dct import cached
+from ...ops.paper_filter import (
+    entropy_decay,
+    mixed_response,
+    resize_coefficients,
+    router_weights,
+    routing_entropy,
+    spectral_filter,
+)
 from ...ops.param_cache import ParamCache
-from ...ops.paper_filter import (entropy_decay, mixed_response, resize_coefficients,
-                                 router_weights, routing_entropy, spectral_filter)
 from .base import Adapter, AdapterHost, BlockSite, GridSizes
 from .hooks import hook_norm1
 from .registry import ADAPTERS
