@@ -128,8 +128,9 @@ def test_moppa_vit_on_converted_weights(converted: Path, size: tuple[int, int]) 
 
     from moppa_det.models.backbones import MoPPAViT
 
-    backbone = MoPPAViT('vit_small_patch14_dinov2', checkpoint=str(converted),
-                        unit_blocks=[10, 11]).eval()
+    backbone = MoPPAViT(model_name='vit_small_patch14_dinov2', checkpoint=str(converted),
+                        adapter_blocks=[10, 11]).eval()
+    units = backbone.adapters['moppa'].units
     plain = timm.create_model('vit_small_patch14_dinov2', num_classes=0,
                               dynamic_img_size=True)
     plain.load_state_dict(backbone.model.state_dict())
@@ -139,9 +140,9 @@ def test_moppa_vit_on_converted_weights(converted: Path, size: tuple[int, int]) 
         expected = plain.forward_intermediates(x, indices=[11], norm=True,
                                                intermediates_only=True)[0]
         torch.testing.assert_close(backbone(x)[0], expected, atol=0, rtol=0)
-    for unit in backbone.units.values():  # as after one optimizer step
+    for unit in units.values():  # as after one optimizer step
         torch.nn.init.normal_(unit.up.weight, std=0.01)
     backbone(x)[0].square().mean().backward()
-    for name, param in backbone.units.named_parameters():
+    for name, param in units.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
     assert not any(p.grad is not None for p in backbone.model.parameters())
