@@ -7,9 +7,9 @@ status 1, naming what is missing, when a package or the ops are missing.
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
 import platform
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,8 @@ def collect_report() -> dict[str, Any]:
     """Collects versions, the state of mmcv's ops and CUDA.
 
     Returns:
-        ``moppa_det`` (version and directory), ``python`` (str), ``packages`` (name -> version, None when it does not import),
+        ``moppa_det`` (version and directory), ``python`` (str), ``packages`` (name ->
+        version, None when it does not import),
         ``import_errors`` (name -> why, for those), ``ops_loaded`` (bool), ``ops_error``
         (str, empty when fine) and ``cuda`` (see :func:`cuda_report`).
     """

