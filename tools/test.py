@@ -24,6 +24,7 @@ from moppa_det.engine.launch import (  # noqa: E402
     add_common_args,
     build_runner,
     check_before_build,
+    die_with_launcher,
     load_config,
 )
 
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     from mmdet.evaluation import DumpDetResults
 
     args = parse_args(argv)
+    die_with_launcher()
     cfg = load_config(args)
     if '://' not in args.checkpoint and not os.path.isfile(os.path.expanduser(args.checkpoint)):
         raise SystemExit(f'Checkpoint file not found: {args.checkpoint}')

@@ -23,6 +23,7 @@ from moppa_det.engine.launch import (  # noqa: E402
     add_common_args,
     build_runner,
     check_before_build,
+    die_with_launcher,
     load_config,
 )
 
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         argv: Arguments without the program name; ``sys.argv[1:]`` when None.
     """
     args = parse_args(argv)
+    die_with_launcher()
     cfg = load_config(args)
     apply_train_args(cfg, args)
     check_before_build(cfg, ('train', 'val'))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import os.path as osp
 
 import torch
@@ -16,6 +17,7 @@ import moppa_det
 from .checkpoint_files import CheckpointReadError
 from .hooks import NonFiniteLossError
 from .safe_checkpoint import UntrustedCheckpointError
+from .worker_init import die_with_parent
 
 # Errors whose message already says what is wrong and where: the tools print it without a
 # traceback.
@@ -38,6 +40,15 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         default='none', help='job launcher')
     # torchrun / torch >= 2.0 pass --local-rank, older launchers --local_rank.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+def die_with_launcher() -> None:
+    """Under torchrun, makes this rank die when the torchrun agent dies.
+
+    A ``kill -9`` of the agent would otherwise leave every rank running on its own, writing
+    checkpoints into the work directory of a run that is believed dead.
+    """
+    if 'TORCHELASTIC_RUN_ID' in os.environ:  # set by torchrun for the processes it starts
+        die_with_parent(os.getppid())
 
 def load_config(args: argparse.Namespace) -> Config:
     """Reads the config and applies the arguments both tools share.

@@ -1,4 +1,4 @@
-"""Data-loader workers that die with the training process.
+"""Data-loader workers that die with the training process (and ranks that die with torchrun).
 
 ``kill -9`` of a training process gives it no chance to stop its data-loader workers; they
 would live on, holding memory and file handles. On Linux each worker asks the kernel for
