@@ -287,3 +287,19 @@ def test_full_checkpoint_with_other_weights_updates_the_identity(tmp_path):
     fresh = make_vit()
     with pytest.raises(BackboneCheckpointMismatch):
         fresh.load_state_dict(trainable_only(other.state_dict()))
+
+
+def test_auto_autocast_uses_bfloat16_only_where_native(monkeypatch):
+    from moppa_det.models.backbones import autocast
+
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(autocast, 'cpu_has_native_bf16', lambda native=native: native)
+        assert autocast.resolve_autocast_dtype('auto', 'cpu') == expected
+    assert autocast.resolve_autocast_dtype('float16', 'cpu') == torch.float16
+    assert autocast.resolve_autocast_dtype(None, 'cuda') is None
+    monkeypatch.setattr(autocast, 'cpu_has_native_bf16', lambda: False)
+    backbone = make_vit(autocast_dtype='auto')
+    x = torch.randn(1, 3, 64, 64)
+    reference = make_vit()
+    reference.load_state_dict(backbone.state_dict())
+    torch.testing.assert_close(backbone(x)[0], reference(x)[0], rtol=0, atol=0)

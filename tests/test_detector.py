@@ -1,6 +1,7 @@
 """Configs parse and build; every method runs loss / predict / tensor in a detector; optimizer,
 parameter report and adapter-only checkpoints."""
 import logging
+import types
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from mmengine.optim import build_optim_wrapper
 
 import moppa_det  # noqa: F401
 from moppa_det.engine import parameter_table, strip_frozen_weights, trainable_summary
+from moppa_det.engine.hooks import AdapterHostHook
 from moppa_det.models.detectors import attach_adapter_hooks
 
 register_all_modules()
@@ -31,11 +33,20 @@ def tiny_model_cfg(config_path: Path, num_classes: int = 3):
     model.backbone.update(pretrained=False, checkpoint=None,
                           **TINY_BACKBONES[model.backbone.type])
     model.neck.in_channels = 32 if model.backbone.type == 'MoPPAViT' else [16, 32, 64, 128]
-    heads = model.roi_head.bbox_head
-    for head in heads if isinstance(heads, list) else [heads]:
-        head.num_classes = num_classes
-    model.roi_head.mask_head.num_classes = num_classes
+    narrow(model, num_classes)
     return cfg, model
+
+
+def narrow(model, num_classes: int, width: int = 32) -> None:
+    """Narrows the pyramid and the heads (the tests exercise structure, not capacity)."""
+    model.neck.out_channels = width
+    model.rpn_head.update(in_channels=width, feat_channels=width)
+    roi = model.roi_head
+    roi.bbox_roi_extractor.out_channels = roi.mask_roi_extractor.out_channels = width
+    heads = roi.bbox_head if isinstance(roi.bbox_head, list) else [roi.bbox_head]
+    for head in heads:
+        head.update(num_classes=num_classes, in_channels=width, fc_out_channels=2 * width)
+    roi.mask_head.update(num_classes=num_classes, in_channels=width, conv_out_channels=width)
 
 
 def build_tiny(config_name: str):
@@ -77,13 +88,13 @@ def test_loss_predict_tensor_modes(config_name):
     frozen_before = {k: v.clone() for k, v in model.backbone.model.state_dict().items()}
     optim = build_optim_wrapper(model, cfg.optim_wrapper)
     for _ in range(2):  # step 1 makes zero-init outputs non-zero, so every path has a gradient
-        losses = model.forward(**model.data_preprocessor(packed, True), mode='loss')
+        losses = model(**model.data_preprocessor(packed, True), mode='loss')
         parsed, _ = model.parse_losses(losses)
         optim.update_params(parsed)
     for key in ('loss_rpn_cls', 'loss_mask'):  # Cascade R-CNN: 's0.loss_mask', ...
         assert any(name.endswith(key) for name in losses), key
     assert not any('loss' in k for k in losses if k.startswith(('route_', 'paper_')))
-    losses = model.forward(**model.data_preprocessor(packed, True), mode='loss')
+    losses = model(**model.data_preprocessor(packed, True), mode='loss')
     model.parse_losses(losses)[0].backward()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f'unused trainable parameters break DDP: {missing}'
@@ -94,8 +105,8 @@ def test_loss_predict_tensor_modes(config_name):
     model.eval()
     data = model.data_preprocessor(packed, False)
     with torch.no_grad():
-        predictions = model.forward(**data, mode='predict')
-        features = model.forward(**data, mode='tensor')
+        predictions = model(**data, mode='predict')
+        features = model(**data, mode='tensor')
     assert len(predictions) == 2 and hasattr(predictions[0].pred_instances, 'masks')
     assert isinstance(features, tuple)
 
@@ -106,7 +117,7 @@ def test_loss_predict_tensor_modes(config_name):
     restored.backbone._weights_sha256 = None
     restored.load_state_dict(checkpoint['state_dict'], strict=True)
     with torch.no_grad():
-        again = restored.eval().forward(**data, mode='tensor')
+        again = restored.eval()(**data, mode='tensor')
     for ours, theirs in zip(again, features):
         torch.testing.assert_close(ours, theirs)
 
@@ -115,11 +126,11 @@ def test_moppa_route_loss_reaches_any_detector():
     for name in ('mask_rcnn_vit_moppa.py', 'cascade_mask_rcnn_swin_moppa.py'):
         _, model = build_tiny(name)
         packed = demo_mm_inputs(1, (3, 64, 96), num_classes=3, with_mask=True)
-        losses = model.forward(**model.data_preprocessor(packed, True), mode='loss')
+        losses = model(**model.data_preprocessor(packed, True), mode='loss')
         assert 'loss_route' in losses and 'route_u0_heat' in losses and 'route_entropy' in losses
     _, model_cfg = tiny_model_cfg(REPO_ROOT / 'configs' / 'mask_rcnn_vit_moppa.py')
     unconnected = MODELS.build(model_cfg)
-    losses = unconnected.forward(**unconnected.data_preprocessor(packed, True), mode='loss')
+    losses = unconnected(**unconnected.data_preprocessor(packed, True), mode='loss')
     assert 'loss_route' not in losses  # what the hook adds: without it, nothing
 
 
@@ -129,7 +140,7 @@ def test_detector_hands_image_sizes_to_the_backbone():
     model.backbone.register_forward_pre_hook(
         lambda module, args: seen.append(module._pending_image_sizes))
     packed = demo_mm_inputs(2, [(3, 96, 128), (3, 128, 96)], num_classes=3, with_mask=True)
-    model.forward(**model.data_preprocessor(packed, True), mode='loss')
+    model(**model.data_preprocessor(packed, True), mode='loss')
     assert seen == [[(96, 128), (128, 96)]]
 
 
@@ -143,7 +154,7 @@ def test_route_loss_weight_follows_config(weight):
     for unit in units(model).values():  # non-uniform routing: a non-zero penalty
         torch.nn.init.normal_(unit.router.proj.weight, std=1.0)
     packed = demo_mm_inputs(1, (3, 64, 64), num_classes=3, with_mask=True)
-    losses = model.forward(**model.data_preprocessor(packed, True), mode='loss')
+    losses = model(**model.data_preprocessor(packed, True), mode='loss')
     stats = model.backbone.adapters['moppa'].route_statistics()
     penalty = route_penalty(torch.stack([s['mean_alpha'] for s in stats.values()]))
     assert penalty > 1e-4
@@ -164,13 +175,18 @@ def test_first_release_detector_config_still_builds():
     model = MODELS.build(model_cfg)
     assert model.backbone.adapters['moppa'].options.route_reg.weight == 0.25
     packed = demo_mm_inputs(1, (3, 64, 64), num_classes=3, with_mask=True)
-    assert 'loss_route' in model.forward(**model.data_preprocessor(packed, True), mode='loss')
+    assert 'loss_route' in model(**model.data_preprocessor(packed, True), mode='loss')
 
 
 def test_neck_that_does_not_fit_backbone_is_explained():
     _, model_cfg = tiny_model_cfg(REPO_ROOT / 'configs' / 'mask_rcnn_vit_moppa.py')
     model_cfg.neck.in_channels = 768
+    model = MODELS.build(model_cfg)  # a plain MaskRCNN: checked when the run starts
+    runner = types.SimpleNamespace(model=model)
     with pytest.raises(ValueError, match=r'model.neck.in_channels=768 .*out_channels=\[32\]'):
+        AdapterHostHook().before_run(runner)
+    model_cfg.type = 'MoPPAMaskRCNN'  # the first release's detector checks when built
+    with pytest.raises(ValueError, match=r'model.neck.in_channels=768'):
         MODELS.build(model_cfg)
 
 

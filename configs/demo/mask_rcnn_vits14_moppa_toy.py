@@ -28,9 +28,10 @@ model = dict(
         # (the COCO configs put them in every block, as the paper does). The other methods'
         # demo leaves (configs/demo/*.py) adapt the same blocks.
         adapter_blocks=[8, 9, 10, 11],
-        # bf16 frozen features: 2.0x faster than fp32 on this project's 2-core CPU
-        # (tools/analysis/benchmark_backbone_dtype.py).
-        autocast_dtype='bfloat16',
+        # bf16 frozen features where the CPU has native bf16 (AVX512-BF16/AMX): 2.0x faster
+        # than fp32 there (tools/analysis/benchmark_backbone_dtype.py); float32 on CPUs
+        # without it, where emulated bf16 is several times slower.
+        autocast_dtype='auto',
         drop_path_rate=0.0),
     # No norm in the 64-wide pyramid: with LN2d over 64 channels the RoI classifier did not
     # learn (a single batch: loss_cls 0.31 after 120 steps with LN2d, 0.07 without).

@@ -33,6 +33,7 @@ from torch import nn
 from ..adapters import BlockSite, build_adapter, normalise_specs
 from ..adapters.inference import merge_adapters, merged_adapter_names, unmerge_adapters
 from ..progress import training_progress
+from .autocast import check_autocast_dtype, resolve_autocast_dtype
 from .meta import (
     EXTRA_STATE_KEY,
     FROZEN_PREFIX,
@@ -83,9 +84,12 @@ class TimmAdapterBackbone(BaseModule):
             depend on its batch-mates).
         with_cp: Activation checkpointing of every block (timm's, non-reentrant).
         autocast_dtype: Run the backbone under ``torch.autocast`` with this dtype ('bfloat16'
-            or 'float16'; spectral paths stay float32); outputs are float32. On CPUs, where
-            MMEngine's AMP wrapper is not available, bfloat16 made the frozen ViT-S 2.0x faster
-            on a 2-core AVX512-BF16 machine (tools/analysis/benchmark_backbone_dtype.py).
+            or 'float16'; spectral paths stay float32); outputs are float32. 'auto':
+            bfloat16 where the hardware computes it natively (CUDA with bf16; CPUs with
+            AVX512-BF16 or AMX), float32 elsewhere. On CPUs, where MMEngine's AMP wrapper is
+            not available, bfloat16 made the frozen ViT-S 2.0x faster on a 2-core AVX512-BF16
+            machine and an emulated bfloat16 matmul ~6x slower on an AVX2-only one
+            (tools/analysis/benchmark_backbone_dtype.py).
         drop_path_rate: Stochastic depth of the pre-trained blocks.
         img_size: Nominal image size the timm model is built for.
         model_kwargs: Extra keyword arguments for ``timm.create_model`` (e.g. a smaller depth).
@@ -108,9 +112,7 @@ class TimmAdapterBackbone(BaseModule):
             raise ValueError('init_cfg is not supported by moppa_det backbones: they load their '
                              'weights when built (use pretrained=True or checkpoint=PATH).')
         super().__init__()
-        if autocast_dtype not in (None, 'bfloat16', 'float16'):
-            raise ValueError(f"model.backbone.autocast_dtype={autocast_dtype!r}: use None, "
-                             "'bfloat16' or 'float16'")
+        check_autocast_dtype(autocast_dtype)
         if unit_blocks is not None and adapter_blocks is not None:
             raise ValueError('model.backbone: give adapter_blocks or its former name '
                              'unit_blocks, not both')
@@ -118,7 +120,7 @@ class TimmAdapterBackbone(BaseModule):
         self.frozen = frozen
         self.per_image_grids = per_image_grids
         self.with_cp = with_cp
-        self.autocast_dtype = getattr(torch, autocast_dtype) if autocast_dtype else None
+        self.autocast_dtype = autocast_dtype
         kwargs = dict(self.timm_kwargs, drop_path_rate=drop_path_rate)
         if img_size is not None:
             kwargs['img_size'] = img_size
@@ -222,9 +224,10 @@ class TimmAdapterBackbone(BaseModule):
                              f'{x.shape[0]} images')
         for adapter in self.adapters.values():
             adapter.clear_records()
-        if self.autocast_dtype is None:
+        dtype = resolve_autocast_dtype(self.autocast_dtype, x.device.type)
+        if dtype is None:
             return self.forward_maps(x)
-        with torch.autocast(device_type=x.device.type, dtype=self.autocast_dtype):
+        with torch.autocast(device_type=x.device.type, dtype=dtype):
             outputs = self.forward_maps(x)
         return tuple(output.float() for output in outputs)
 

@@ -5,6 +5,8 @@ Two forward hooks on the detector:
   goes to the backbone, so spectral adapters filter each image on its own valid grid;
 - after a ``mode='loss'`` forward, the adapters' auxiliary losses and statistics
   (``backbone.auxiliary_losses()``) are added to the loss dict.
+Hooks run when the detector is called (``model(...)``, as MMEngine's ``train_step``,
+``val_step`` and ``test_step`` do), not on a direct ``model.forward(...)``.
 ``attach_adapter_hooks`` installs them; the ``AdapterHostHook`` of ``moppa_det.engine`` calls it
 when a run starts, so ``tools/train.py`` / ``tools/test.py`` configs can use any detector type
 (MaskRCNN, CascadeRCNN, ...). Outside a runner (``mmdet.apis.init_detector``), call it

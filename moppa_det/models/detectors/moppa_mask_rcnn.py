@@ -35,7 +35,8 @@ class MoPPAMaskRCNN(MaskRCNN):
             self._set_route_reg(RouteRegConfig.from_dict(route_reg))
 
     def _set_route_reg(self, route_reg: RouteRegConfig) -> None:
-        moppa = getattr(self.backbone, 'adapters', {}).get('moppa')
+        adapters = getattr(self.backbone, 'adapters', {})
+        moppa = adapters['moppa'] if 'moppa' in adapters else None
         if moppa is None:
             raise ValueError('model.route_reg is given but model.backbone has no MoPPA adapter')
         moppa.options = dataclasses.replace(moppa.options, route_reg=route_reg)
