@@ -94,7 +94,7 @@ def test_train_evaluate_and_test_adapter_only_checkpoint(toy_setup):
     checkpoint = work_dir / 'iter_4.pth'
     state = torch.load(checkpoint, map_location='cpu', weights_only=False)['state_dict']
     assert not any(k.startswith('backbone.model.') for k in state)
-    assert any(k.startswith('backbone.units.') for k in state)
+    assert any(k.startswith('backbone.adapters.') for k in state)
 
     # --resume continues from the trainable-only checkpoint.
     run_tool(sys.executable, 'tools/train.py', str(config), '--work-dir', str(work_dir),
