@@ -150,6 +150,17 @@ def test_merge_refusals_name_the_problem():
         after_norm.merge_adapters()
 
 
+def test_safe_merge_refuses_non_finite_weights_and_writes_nothing():
+    backbone = perturbed('vit', 'LoRA')
+    weights = frozen_copy(backbone)
+    with torch.no_grad():
+        backbone.adapters['lora'].updates['1']['qkv'].lora_b[0, 0] = float('nan')
+    with pytest.raises(ValueError, match='NaNs or infs'):
+        backbone.merge_adapters(safe_merge=True)
+    assert backbone.merged_adapters == []
+    assert all(torch.equal(v, weights[k]) for k, v in backbone.model.state_dict().items())
+
+
 def test_merged_checkpoints_are_recorded_and_refused():
     backbone = perturbed('vit', 'LoRA')
     backbone.merge_adapters()
@@ -224,3 +235,13 @@ def test_compile_has_no_graph_break_in_the_adapters():
     with torch.no_grad():
         explanation = torch._dynamo.explain(backbone)(images('vit'))
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+def test_inference_benchmark_runs_every_mode():
+    from tools.analysis import benchmark_inference
+    rows = benchmark_inference.main(['--model', 'vit_tiny_patch16_224', '--depth', '1',
+                                     '--size', '64', '64', '--repeats', '1', '--warmup', '0',
+                                     '--adapters', 'MoPPAPaper', 'RLRR'])
+    assert [row[:2] for row in rows] == [('plain', 'eager'), ('MoPPAPaper', 'eager'),
+                                        ('MoPPAPaper', 'inference'), ('RLRR', 'eager'),
+                                        ('RLRR', 'merged')]
