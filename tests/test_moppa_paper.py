@@ -8,8 +8,12 @@ from conftest import TINY_SWIN, TINY_VIT
 
 from moppa_det.models.adapters import MoPPAPaper
 from moppa_det.models.backbones import BackboneCheckpointMismatch, MoPPASwin, MoPPAViT
-from moppa_det.ops.paper_filter import (entropy_decay, resize_coefficients, routing_entropy,
-                                        spectral_filter)
+from moppa_det.ops.paper_filter import (
+    entropy_decay,
+    resize_coefficients,
+    routing_entropy,
+    spectral_filter,
+)
 
 
 def make_vit(**options):

@@ -50,7 +50,7 @@ class SimpleFPN(BaseModule):
         self.lateral_convs = nn.ModuleList()
         self.output_convs = nn.ModuleList()
         for scale in scale_factors:
-            width = in_channels // 4 if scale == 4 else in_channels // 2 if scale == 2 else in_channels
+            width = {4: in_channels // 4, 2: in_channels // 2}.get(scale, in_channels)
             self.lateral_convs.append(ConvModule(width, out_channels, 1, norm_cfg=norm_cfg,
                                                  act_cfg=None))
             self.output_convs.append(ConvModule(out_channels, out_channels, 3, padding=1,
