@@ -2,13 +2,17 @@
 # toy set with landscape, portrait and square images, so batches are padded and MoPPA's spectral
 # priors filter each image on its own valid grid (METHOD.md "Padding"). Make the data with:
 #   python tools/data/make_toy_coco.py --out data/toy_coco_mixed --mixed-sizes --num-train 400
-# Sized to train in about 6-8 minutes on a 2-core CPU: 400 images, 360 iterations of 4.
+# Budget: 150 iterations of 4 images, for a run of minutes on a 2-core CPU. Measured on this
+# project's (AMD EPYC without AVX512, so float32 through autocast 'auto'), shared with other jobs
+# (load average 8.5): 3.9 s per iteration over iterations 11-20, ~10 min for 150 at that load.
+# A training step costs what the main demo's does, per-image valid grids included (mixed / demo
+# step time 0.97, interleaved in one process).
 _base_ = ['./mask_rcnn_vits14_moppa_toy.py']
 
 data_root = 'data/toy_coco_mixed/'
 image_side = 320  # long side: 256x192 / 192x256 / 256x256 -> 320x240 / 240x320 / 320x320
-max_iters = 360
-warmup_iters = 30
+max_iters = 150
+warmup_iters = 20
 
 # keep_ratio: the long side goes to 320, so objects have the main demo's pixel sizes and a batch
 # of a landscape and a portrait image is padded to 320x320 (a quarter of each image padding).
