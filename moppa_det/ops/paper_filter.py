@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from .dct import cached, dct2, idct2
+from .dct import cached, dct2_channels_last, idct2_channels_last
 from .priors import PRIOR_NAMES, RESIZE_MODES
 
 # The authors' guard inside the log of the routing entropy.
@@ -185,8 +185,8 @@ def spectral_filter(x: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
     Returns:
         Tensor of shape (B, H, W, C).
     """
-    spectrum = dct2(x.permute(0, 3, 1, 2))
-    return idct2(spectrum * response.permute(2, 0, 1)).permute(0, 2, 3, 1)
+    # Channels last throughout: no permuted copies (see dct2_channels_last).
+    return idct2_channels_last(dct2_channels_last(x) * response)
 
 
 def clear_resize_cache() -> None:
