@@ -245,3 +245,12 @@ def test_inference_benchmark_runs_every_mode():
     assert [row[:2] for row in rows] == [('plain', 'eager'), ('MoPPAPaper', 'eager'),
                                         ('MoPPAPaper', 'inference'), ('RLRR', 'eager'),
                                         ('RLRR', 'merged')]
+
+
+def test_channels_last_dct_equals_the_per_channel_dct():
+    from moppa_det.ops.dct import dct2, dct2_channels_last, idct2_channels_last
+    x = torch.randn(2, 5, 7, 3, dtype=torch.float64)
+    spectrum = dct2_channels_last(x)
+    torch.testing.assert_close(spectrum, dct2(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1))
+    torch.testing.assert_close(idct2_channels_last(spectrum), x)
+    assert not torch.allclose(spectrum, x)
