@@ -6,14 +6,47 @@ import pytest
 import scipy.fft
 import torch
 
-from moppa_det.ops import (PhysicalPriors, dct2, dct_matrix, heat_gain, idct2,
-                           laplacian_eigenvalues, poisson_gain, wave_gain)
+from moppa_det.ops import (
+    PhysicalPriors,
+    dct2,
+    dct_matrix,
+    heat_gain,
+    idct2,
+    laplacian_eigenvalues,
+    poisson_gain,
+    wave_gain,
+)
 
 
 def reference_filter(x: np.ndarray, gain: np.ndarray) -> np.ndarray:
     """Slow reference: scipy's orthonormal DCT-II, a float64 gain, scipy's inverse."""
     spectrum = scipy.fft.dctn(x, axes=(-2, -1), norm='ortho')
     return scipy.fft.idctn(spectrum * gain, axes=(-2, -1), norm='ortho')
+
+
+def reference_resize(source: np.ndarray, h: int, w: int, mode: str) -> np.ndarray:
+    """Slow reference of a half-pixel (align_corners=False) bilinear or bicubic resize: separable
+    1-D interpolation, edges clamped, cubic kernel with a = -0.75 (torch's, OpenCV's)."""
+    def weights(out_size: int, in_size: int) -> np.ndarray:
+        matrix = np.zeros((out_size, in_size))
+        for i in range(out_size):
+            x = (i + 0.5) * in_size / out_size - 0.5
+            if mode == 'bilinear':
+                x = max(x, 0.0)  # torch clamps the source coordinate below only
+                left = min(int(np.floor(x)), in_size - 1)
+                frac = x - left
+                matrix[i, left] += 1 - frac
+                matrix[i, min(left + 1, in_size - 1)] += frac
+                continue
+            left = int(np.floor(x))
+            for tap in range(left - 1, left + 3):
+                d, a = abs(x - tap), -0.75
+                k = ((a + 2) * d ** 3 - (a + 3) * d ** 2 + 1 if d <= 1
+                     else a * d ** 3 - 5 * a * d ** 2 + 8 * a * d - 4 * a if d < 2 else 0.0)
+                matrix[i, min(max(tap, 0), in_size - 1)] += k
+        return matrix
+
+    return weights(h, source.shape[0]) @ source @ weights(w, source.shape[1]).T
 
 
 def reference_lambda(h: int, w: int) -> np.ndarray:
@@ -54,10 +87,11 @@ def test_zero_time_heat_and_wave_are_identity():
     assert torch.equal(wave_gain(lam, zero), torch.ones(3, 6, 7))
 
 
-@pytest.mark.parametrize('poisson', ['screened', 'literal'])
-def test_priors_agree_with_scipy_reference(poisson):
+@pytest.mark.parametrize('poisson, source_resize', [('screened', 'bilinear'),
+                                                    ('literal', 'bicubic')])
+def test_priors_agree_with_scipy_reference(poisson, source_resize):
     torch.manual_seed(0)
-    priors = PhysicalPriors(4, poisson=poisson, source_size=(5, 5))
+    priors = PhysicalPriors(4, poisson=poisson, source_size=(5, 5), source_resize=source_resize)
     with torch.no_grad():
         priors.raw_k.normal_()
         priors.raw_c.normal_()
@@ -75,7 +109,7 @@ def test_priors_agree_with_scipy_reference(poisson):
         pois = mu / (lam + mu)
     else:
         pois = 1.0 / np.where(lam == 0, 1.0, lam)
-    source = priors.source_map(12, 10).detach().double().numpy()
+    source = reference_resize(priors.source.detach().double().numpy(), 12, 10, source_resize)
     zn = z.double().numpy()
     np.testing.assert_allclose(out[:, 0], reference_filter(zn, heat), atol=1e-5)
     np.testing.assert_allclose(out[:, 1], reference_filter(zn, wave), atol=1e-5)
@@ -99,7 +133,18 @@ def test_heat_is_a_semigroup_and_low_pass():
     torch.testing.assert_close(heat_gain(lam, a) * heat_gain(lam, b), heat_gain(lam, a + b))
     gain = heat_gain(lam, a)[0]
     assert gain[0, 0] == 1 and (gain[1:, 1:] < 1).all()
-    assert wave_gain(lam, torch.tensor([2.0])).abs().max() <= 1
+
+
+def test_wave_gain_against_hand_values():
+    """cos(c t sqrt(lambda)) at chosen modes: sqrt(lambda(0, 1)) = pi / 8 on an 8 x 8 grid, so
+    c t = 2 turns it by pi / 4, c t = 8 by pi (sign flip), and mode (1, 1) by pi * sqrt(2)."""
+    lam = laplacian_eigenvalues(8, 8, torch.device('cpu'))
+    gain = wave_gain(lam, torch.tensor([2.0, 8.0]))
+    expected = torch.tensor([[1.0, math.cos(math.pi / 4), math.cos(math.pi * math.sqrt(2) / 4)],
+                             [1.0, -1.0, math.cos(math.pi * math.sqrt(2))]])
+    actual = torch.stack([gain[:, 0, 0], gain[:, 0, 1], gain[:, 1, 1]], dim=1)
+    torch.testing.assert_close(actual, expected, atol=1e-6, rtol=0)
+    assert torch.equal(gain[:, 0, 1], gain[:, 1, 0])  # square grid: symmetric in n and m
 
 
 def test_screened_poisson_has_unit_dc_gain_and_decays():

@@ -2,9 +2,15 @@
 import pytest
 import torch
 
-from moppa_det.models.moppa import (MoPPAConfig, MoPPAUnit, Router, RouteRegConfig,
-                                    decayed_weight, route_penalty)
-from moppa_det.ops import idct2
+from moppa_det.models.moppa import (
+    MoPPAConfig,
+    MoPPAUnit,
+    Router,
+    RouteRegConfig,
+    decayed_weight,
+    route_penalty,
+)
+from moppa_det.ops import dct2, idct2
 
 
 def perturb_output(unit: MoPPAUnit) -> None:
@@ -57,14 +63,23 @@ def test_wrong_token_count_is_explained():
 
 
 @pytest.mark.parametrize('mode', ['token', 'sample', 'uniform'])
-def test_router_weights_sum_to_one(mode):
+def test_router_weights_are_the_softmax_of_the_right_tokens(mode):
+    """Values against a hand-written softmax: per token, of the mean token, or 1/P."""
     router = Router(12, 3, mode)
     if router.proj is not None:
         torch.nn.init.normal_(router.proj.weight)
-    alpha = router(torch.randn(2, 7, 12))
-    assert alpha.shape == ((2, 7, 3) if mode == 'token' else (2, 1, 3))
-    torch.testing.assert_close(alpha.sum(-1), torch.ones(alpha.shape[:2]))
-    assert (alpha >= 0).all()
+        torch.nn.init.normal_(router.proj.bias)
+    tokens = torch.randn(2, 7, 12)
+    alpha = router(tokens)
+    if mode == 'uniform':
+        expected = torch.full((2, 1, 3), 1 / 3)
+    else:
+        pooled = tokens if mode == 'token' else tokens.mean(dim=1, keepdim=True)
+        logits = pooled @ router.proj.weight.T + router.proj.bias
+        expected = logits.exp() / logits.exp().sum(-1, keepdim=True)
+        assert expected.std(dim=-1).mean() > 0.05  # non-uniform: the test can tell modes apart
+    torch.testing.assert_close(alpha, expected.detach(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(alpha.sum(-1), torch.ones(alpha.shape[:2]))  # METHOD.md property
 
 
 def test_single_prior_router_is_one():
@@ -105,6 +120,37 @@ def test_autocast_output_is_finite_in_input_dtype(dtype):
     torch.testing.assert_close(out.float(), unit(x), atol=1.0, rtol=0.05)
 
 
+def test_spectral_path_runs_in_float32_under_bf16_autocast(monkeypatch):
+    """The mix of the priors (DCT, gains, inverse DCT) inside a bf16 autocast region equals the
+    float32 computation on the same input to 1e-5: bf16 matmuls (8-bit mantissa, relative
+    error ~4e-3) cannot meet that."""
+    unit = MoPPAUnit(16)
+    perturb_output(unit)
+    with torch.no_grad():
+        unit.router.proj.weight.normal_(std=0.3)
+    seen = []
+    mix = unit._mix_priors
+
+    def recording_mix(z, alpha):
+        out = mix(z, alpha)
+        seen.append((z.detach().clone(), alpha.detach().clone(), out.detach()))
+        return out
+
+    monkeypatch.setattr(unit, '_mix_priors', recording_mix)
+    x = torch.randn(2, 9, 7, 16) * 30
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        unit(x.bfloat16())
+    (z, alpha, out), = seen
+    assert z.dtype == alpha.dtype == out.dtype == torch.float32
+    with torch.no_grad():
+        reference = mix(z, alpha)  # outside autocast: float32 throughout
+    scale = reference.abs().max()
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-5 * float(scale))
+    # A tolerance bf16 cannot meet: a DCT round trip in bf16 alone misses it 100-fold.
+    round_trip = idct2(dct2(z.bfloat16()).float())
+    assert (round_trip - z).abs().max() > 1e-3 * z.abs().max()
+
+
 def test_routing_statistics_are_recorded():
     unit = MoPPAUnit(8)
     unit(torch.randn(1, 3, 3, 8))
@@ -112,12 +158,26 @@ def test_routing_statistics_are_recorded():
     torch.testing.assert_close(unit.last_token_entropy, torch.log(torch.tensor(3.0)))
 
 
+# Two units' mean routings, neither uniform, and the penalties worked out by hand for each:
+# l2 = sum_i (m_i - 1/3)^2; entropy = log 3 + sum_i m_i log m_i; kl = -log 3 - mean_i log m_i.
+ROUTINGS = [[0.7, 0.2, 0.1], [0.2, 0.5, 0.3]]
+HAND_PENALTIES = {
+    # (0.3667^2 + 0.1333^2 + 0.2333^2, 0.1333^2 + 0.1667^2 + 0.0333^2) / 2
+    'l2': (0.2066667 + 0.0466667) / 2,
+    # (1.0986123 - 0.8018186, 1.0986123 - 1.0296530) / 2
+    'entropy': (0.2967937 + 0.0689593) / 2,
+    # (-1.0986123 + 1.4228993, -1.0986123 + 1.1688526) / 2
+    'kl': (0.3242870 + 0.0702403) / 2,
+}
+
+
 @pytest.mark.parametrize('kind', ['l2', 'entropy', 'kl'])
-def test_route_penalty_is_zero_at_uniform_and_grows(kind):
-    uniform = torch.full((4, 3), 1 / 3)
-    assert route_penalty(uniform, kind).abs() < 1e-6
-    skewed = torch.tensor([[0.8, 0.1, 0.1]]).repeat(4, 1)
-    assert route_penalty(skewed, kind) > 0.05
+def test_route_penalty_values_tell_the_kinds_apart(kind):
+    assert route_penalty(torch.full((4, 3), 1 / 3), kind).abs() < 1e-6
+    value = route_penalty(torch.tensor(ROUTINGS, dtype=torch.float64), kind)
+    assert float(value) == pytest.approx(HAND_PENALTIES[kind], abs=2e-7)
+    others = [v for k, v in HAND_PENALTIES.items() if k != kind]
+    assert all(abs(float(value) - other) > 1e-2 for other in others)
 
 
 def test_route_weight_decays_linearly():
