@@ -147,6 +147,42 @@ def test_extra_checkpoint_keys_are_a_warning_naming_them(tmp_path: Path) -> None
                for m in warnings.messages), warnings.messages
 
 
+def demo_detector(num_classes: int = 3) -> nn.Module:
+    """The demo config's MoPPA Mask R-CNN on the tiny ViT (the same frozen weights each time)."""
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(str(REPO_ROOT / 'configs/demo/mask_rcnn_vits14_moppa_toy.py'))
+    cfg.model.backbone = dict(cfg.model.backbone, **TINY_VIT, checkpoint=None,
+                              adapter_blocks=None)
+    cfg.model.neck.in_channels = 32
+    cfg.model.roi_head.bbox_head.num_classes = num_classes
+    cfg.model.roi_head.mask_head.num_classes = num_classes
+    torch.manual_seed(0)
+    return MODELS.build(cfg.model)
+
+
+def test_mask_rcnn_adapter_only_checkpoint_loads_and_one_with_other_heads_is_refused(tmp_path):
+    """On the real detector: after the backbone's pre-hook nothing else is missing, and a
+    checkpoint from a detector with other heads is refused naming them."""
+    from mmdet.models.test_time_augs import DetTTAModel
+
+    source = trained(demo_detector())
+    path = save(tmp_path, source)
+    runner = load(tmp_path, path, DetTTAModel(module=demo_detector()))  # tools/test.py --tta
+    loaded = runner.model.module.state_dict()
+    assert all(torch.equal(loaded[key], value) for key, value in source.state_dict().items())
+
+    with pytest.raises(CheckpointMismatchError) as error:
+        load(tmp_path, path, demo_detector(num_classes=5))
+    message = str(error.value)
+    assert message.startswith(f'checkpoint {path} does not fit the model: 4 weights of another '
+                              'shape: roi_head.bbox_head.fc_cls.weight (4, 256) in the '
+                              'checkpoint, (6, 256) in the model;'), message
+    assert 'roi_head.mask_head.conv_logits.bias (3,) in the checkpoint, (5,) in the model' \
+        in message
+
+
 def test_tools_test_refuses_a_checkpoint_of_another_head(tmp_path: Path) -> None:
     """``tools/test.py CONFIG CKPT`` with a checkpoint of another head configuration."""
     config = write_config(tmp_path / 'toy.py', num_workers=0, extra="""
