@@ -156,6 +156,17 @@ def test_routing_statistics_are_recorded():
     unit(torch.randn(1, 3, 3, 8))
     torch.testing.assert_close(unit.last_mean_alpha, torch.full((3,), 1 / 3))
     torch.testing.assert_close(unit.last_token_entropy, torch.log(torch.tensor(3.0)))
+    # A trained router: the statistics of its actual per-token weights.
+    with torch.no_grad():
+        unit.router.proj.weight.normal_()
+    x = torch.randn(2, 3, 4, 8)
+    unit(x)
+    alpha = torch.softmax(x.reshape(2, 12, 8) @ unit.router.proj.weight.T
+                          + unit.router.proj.bias, dim=-1).detach()
+    torch.testing.assert_close(unit.last_mean_alpha.detach(), alpha.mean(dim=(0, 1)))
+    entropy = -(alpha * alpha.log()).sum(-1).mean()
+    torch.testing.assert_close(unit.last_token_entropy, entropy)
+    assert entropy < torch.log(torch.tensor(3.0)) - 0.05  # far from uniform: a real check
 
 
 # Two units' mean routings, neither uniform, and the penalties worked out by hand for each:
