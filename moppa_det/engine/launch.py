@@ -17,11 +17,13 @@ import moppa_det
 from .checkpoint_files import CheckpointReadError
 from .hooks import NonFiniteLossError
 from .safe_checkpoint import UntrustedCheckpointError
+from .strict_load import CheckpointMismatchError
 from .worker_init import die_with_parent
 
 # Errors whose message already says what is wrong and where: the tools print it without a
 # traceback.
-RUN_ERRORS = (CheckpointReadError, UntrustedCheckpointError, NonFiniteLossError)
+RUN_ERRORS = (CheckpointReadError, UntrustedCheckpointError, NonFiniteLossError,
+              CheckpointMismatchError)
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:

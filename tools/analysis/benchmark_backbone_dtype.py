@@ -24,8 +24,8 @@ from moppa_det.models.backbones import MoPPAViT
 
 def build(autocast_dtype: str | None, state: dict | None) -> MoPPAViT:
     """The demo's backbone (random weights; ``state`` makes both copies identical)."""
-    backbone = MoPPAViT('vit_small_patch14_dinov2', feature_stride=16,
-                        unit_blocks=[8, 9, 10, 11], autocast_dtype=autocast_dtype)
+    backbone = MoPPAViT(model_name='vit_small_patch14_dinov2', feature_stride=16,
+                        adapter_blocks=[8, 9, 10, 11], autocast_dtype=autocast_dtype)
     if state is not None:
         backbone.load_state_dict(state)
     return backbone.train()
