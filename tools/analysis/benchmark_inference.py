@@ -3,9 +3,9 @@
 One process builds the plain backbone (``adapter=None``) and, for each adapter, the same
 backbone with it (random weights: speed does not depend on the values; adapter parameters are
 moved off their init so that no path is skipped), then times ``eval()`` forwards under
-``torch.no_grad`` of one seeded batch, interleaved (every repeat runs every variant once, the
-order rotating each repeat, so that drift of a shared machine hits all of them), after a
-warm-up. Modes of each adapter:
+``torch.no_grad`` of one seeded batch, after a warm-up. Every repeat times each variant right
+next to its plain reference, in alternating order, so that each ratio compares two forwards a
+few seconds apart (load on a shared machine drifts over minutes). Modes of each adapter:
 
 - ``eager``: the training computation (inference caches off: gains, resized maps and the
   static router recomputed every forward);
@@ -16,8 +16,8 @@ warm-up. Modes of each adapter:
   possible, else inference), beside a compiled plain backbone.
 
 Printed per variant: the median time and ``ratio``, the median over repeats of its time divided
-by the plain backbone's time in the same repeat (compiled variants: by the compiled plain
-backbone's, and ``vs eager plain`` as well).
+by its reference's time in the same pair (the plain backbone; for compiled variants the
+compiled plain backbone, and ``vs_eager_plain`` times the compiled plain one's ratio as well).
 
 Example (ViT-B/16 at 1024 x 1024, 64 x 64 tokens; ``--depth`` shortens the model, the
 per-block ratio stays):
@@ -101,32 +101,54 @@ def time_forward(forward: Callable[[torch.Tensor], Any], x: torch.Tensor) -> flo
         return time.perf_counter() - start
 
 
+def reference_of(variant: Variant) -> str | None:
+    """The plain variant a variant is timed against (None for the eager plain backbone)."""
+    if variant.name == 'plain/eager':
+        return None
+    if variant.mode == 'compiled' and variant.adapter != 'plain':
+        return 'plain/compiled'
+    return 'plain/eager'
+
+
 def measure(found: list[Variant], x: torch.Tensor, repeats: int, warmup: int
-            ) -> dict[str, list[float]]:
-    """Seconds per forward of every variant, interleaved with a rotating order."""
+            ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Seconds per forward of every variant, and its ratios to its plain reference.
+
+    Every repeat times each variant right next to its reference (the order alternating), so
+    that each ratio compares two forwards a few seconds apart on a shared machine.
+    """
+    by_name = {variant.name: variant for variant in found}
     for variant in found:
         for _ in range(warmup):  # compiles the compiled ones, fills the caches
             time_forward(variant.forward, x)
     times: dict[str, list[float]] = {variant.name: [] for variant in found}
+    ratios: dict[str, list[float]] = {variant.name: [] for variant in found}
     for repeat in range(repeats):
-        shift = repeat % len(found)
-        for variant in found[shift:] + found[:shift]:
-            times[variant.name].append(time_forward(variant.forward, x))
-    return times
+        for index, variant in enumerate(found):
+            reference = reference_of(variant)
+            if reference is None:
+                continue
+            pair = [variant, by_name[reference]]
+            if (repeat + index) % 2:
+                pair.reverse()
+            measured = {v.name: time_forward(v.forward, x) for v in pair}
+            for name, seconds in measured.items():
+                times[name].append(seconds)
+            ratios[variant.name].append(measured[variant.name] / measured[reference])
+    return times, ratios
 
 
-def ratio(times: list[float], reference: list[float]) -> float:
-    return statistics.median(t / r for t, r in zip(times, reference))
-
-
-def table(found: list[Variant], times: dict[str, list[float]]) -> list[tuple[str, ...]]:
-    """Rows: adapter, mode, median ms, ratio (to plain, same mode family), vs eager plain."""
+def table(found: list[Variant], times: dict[str, list[float]],
+          ratios: dict[str, list[float]]) -> list[tuple[str, ...]]:
+    """Rows: adapter, mode, median ms, median ratio to its reference, to the eager plain."""
     rows = []
+    compiled_plain = statistics.median(ratios.get('plain/compiled') or [1.0])
     for variant in found:
-        own = times[variant.name]
-        base = times['plain/compiled' if variant.mode == 'compiled' else 'plain/eager']
-        rows.append((variant.adapter, variant.mode, f'{statistics.median(own) * 1e3:.0f}',
-                     f'{ratio(own, base):.3f}', f'{ratio(own, times["plain/eager"]):.3f}'))
+        ratio = statistics.median(ratios[variant.name] or [1.0])
+        to_eager = ratio * compiled_plain if reference_of(variant) == 'plain/compiled' else ratio
+        rows.append((variant.adapter, variant.mode,
+                     f'{statistics.median(times[variant.name]) * 1e3:.0f}', f'{ratio:.3f}',
+                     f'{to_eager:.3f}'))
     return rows
 
 
@@ -155,12 +177,12 @@ def main(argv: Sequence[str] | None = None) -> list[tuple[str, ...]]:
         torch.set_num_threads(args.threads)
     x = torch.randn(args.batch, 3, *args.size, generator=torch.Generator().manual_seed(0))
     found = variants(args)
-    times = measure(found, x, args.repeats, args.warmup)
+    times, ratios = measure(found, x, args.repeats, args.warmup)
     print(f'# {args.model} depth={args.depth or "full"} input {args.batch}x3x{args.size[0]}x'
           f'{args.size[1]}, torch {torch.__version__}, {torch.get_num_threads()} threads, '
           f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, '
-          f'{args.repeats} interleaved repeats')
-    rows = table(found, times)
+          f'{args.repeats} repeats, each variant next to its reference')
+    rows = table(found, times, ratios)
     header = ('adapter', 'mode', 'median_ms', 'ratio', 'vs_eager_plain')
     print('| ' + ' | '.join(header) + ' |')
     print('|' + '---|' * len(header))
