@@ -185,12 +185,14 @@ def test_short_runs_keep_a_cosine_phase() -> None:
 
 
 def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
-    cpuinfo = tmp_path / 'cpuinfo'
-    cpuinfo.write_text('flags\t\t: fpu sse2 avx2 fma\n')
-    assert demo.native_bf16(cpuinfo) is False
-    cpuinfo.write_text('flags\t\t: fpu avx2 avx512f avx512_bf16\n')
-    assert demo.native_bf16(cpuinfo) is True
-    assert demo.native_bf16(tmp_path / 'missing') is None
+    from moppa_det.models.backbones.autocast import cpu_has_native_bf16
+
+    avx2, bf16 = tmp_path / 'avx2', tmp_path / 'bf16'
+    avx2.write_text('flags\t\t: fpu sse2 avx2 fma\n')
+    bf16.write_text('flags\t\t: fpu avx2 avx512f avx512_bf16\n')
+    assert cpu_has_native_bf16(str(avx2)) is False
+    assert cpu_has_native_bf16(str(bf16)) is True
+    assert cpu_has_native_bf16(str(tmp_path / 'missing')) is False
     options = demo.config_options(demo.parse_args(
         ['--cfg-options', 'model.backbone.autocast_dtype=None']), None)
     assert options[-1] == 'model.backbone.autocast_dtype=None'

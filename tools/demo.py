@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from moppa_det.models.backbones.autocast import cpu_has_native_bf16  # noqa: E402
 from tools.progress import run_with_progress  # noqa: E402
 
 CONFIG = ROOT / 'configs/demo/mask_rcnn_vits14_moppa_toy.py'
@@ -180,8 +181,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         'initialised backbone instead of stopping')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='more config overrides for training, testing and the pictures, e.g. '
-                        'model.backbone.autocast_dtype=None (a float32 backbone, for CPUs '
-                        'without native bfloat16)')
+                        "model.backbone.autocast_dtype=None (float32; the config's 'auto' "
+                        'uses bfloat16 only where the CPU has it natively)')
     parser.add_argument('--verbose', action='store_true',
                         help="print MMEngine's log lines instead of the progress line")
     return parser.parse_args(argv)
@@ -214,15 +215,6 @@ def config_warmup_iters() -> int | None:
     MMDetection into this process, ~1 GB, for one number); None when it has none."""
     found = re.search(r'^warmup_iters\s*=\s*(\d+)', CONFIG.read_text(), re.MULTILINE)
     return int(found.group(1)) if found else None
-
-
-def native_bf16(cpuinfo: Path = Path('/proc/cpuinfo')) -> bool | None:
-    """Whether the CPU computes bfloat16 natively (AVX512-BF16 or AMX); None when unknown."""
-    try:
-        flags = cpuinfo.read_text()
-    except OSError:
-        return None
-    return 'avx512_bf16' in flags or 'amx_bf16' in flags
 
 
 def draw_pictures(args: argparse.Namespace, checkpoint: Path, weights_option: str) -> None:
@@ -274,11 +266,11 @@ def main(argv: list[str] | None = None) -> int:
     options = config_options(args, weights)
 
     banner(3, 'train Mask R-CNN: frozen ViT-S + MoPPA units (tools/train.py)')
-    if native_bf16() is False and not any('autocast_dtype' in o for o in args.cfg_options):
-        # Measured on an AVX2-only CPU: a bfloat16 matmul 5.8x slower than float32.
-        print('note: this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 flag); the '
-              "config's bfloat16 backbone runs several times slower here than where the demo "
-              'was timed. --cfg-options model.backbone.autocast_dtype=None runs it in float32.')
+    if not cpu_has_native_bf16() and not any('autocast_dtype' in o for o in args.cfg_options):
+        print('note: this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 flag), so the '
+              "config's autocast_dtype='auto' runs the backbone in float32 (emulated bfloat16 "
+              'would be slower still): training takes several times longer than where the demo '
+              'was timed (README).')
     train_seconds = run_step(
         [python, 'tools/train.py', str(CONFIG), '--work-dir', str(args.work_dir),
          '--cfg-options', *options], 'train', args.work_dir / 'console_train.txt', args.verbose)

@@ -14,11 +14,11 @@ AUTOCAST_CHOICES = (None, 'auto', 'bfloat16', 'float16')
 _NATIVE_BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
 
 
-@lru_cache(maxsize=1)
-def cpu_has_native_bf16() -> bool:
-    """True when /proc/cpuinfo lists AVX512-BF16 or AMX-BF16 (False where it cannot be read)."""
+@lru_cache(maxsize=4)
+def cpu_has_native_bf16(cpuinfo: str = '/proc/cpuinfo') -> bool:
+    """True when ``cpuinfo`` lists AVX512-BF16 or AMX-BF16 (False where it cannot be read)."""
     try:
-        with open('/proc/cpuinfo') as file:
+        with open(cpuinfo) as file:
             flags = set(file.read().split())
     except OSError:
         return False
