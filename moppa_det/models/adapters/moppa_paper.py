@@ -41,6 +41,8 @@ from .base import Adapter, AdapterHost, BlockSite, GridSizes
 from .hooks import hook_norm1
 from .registry import ADAPTERS
 
+# Grid sizes whose response R each block keeps cached in inference.
+RESPONSES_PER_BLOCK = 4
 # The authors' initialisation of the times, per prior (their code, HCO.__init__).
 _TIME_MEAN = dict(heat=0.05, wave=0.05, poisson=0.5)
 _TIME_STD = dict(heat=0.01, wave=0.01, poisson=0.1)
@@ -184,7 +186,9 @@ class MoPPAPaper(Adapter):
         self.blocks = nn.ModuleDict({
             str(site.index): PaperBlockParams(options, site.width // site.num_heads,
                                               site.num_heads) for site in sites})
-        self.response_cache = ParamCache(max_entries=64 * len(sites))
+        # One (H, W, D) float32 R per block and grid size (12.6 MB at 64 x 64 x 768): a few
+        # sizes per block, so that varying detection inputs cannot grow it without bound.
+        self.response_cache = ParamCache(max_entries=RESPONSES_PER_BLOCK * len(sites))
 
     def attach(self, host: AdapterHost, sites: list[BlockSite]) -> None:
         for site in sites:
