@@ -32,10 +32,11 @@ def check_autocast_dtype(value: str | None) -> None:
                          "(bfloat16 where the hardware has it natively), 'bfloat16' or 'float16'")
 
 
-def resolve_autocast_dtype(value: str | None, device_type: str) -> torch.dtype | None:
+def resolve_autocast_dtype(value: str | torch.dtype | None,
+                           device_type: str) -> torch.dtype | None:
     """The dtype to autocast to on ``device_type``; None: run in float32."""
-    if value is None:
-        return None
+    if value is None or isinstance(value, torch.dtype):
+        return value
     if value != 'auto':
         return getattr(torch, value)
     if device_type == 'cuda':
