@@ -120,12 +120,14 @@ def main(argv: list[str] | None = None) -> int:
     from mmdet.apis import inference_detector, init_detector
 
     import moppa_det  # noqa: F401  (registrations, safe checkpoint loading)
+    from moppa_det.models.detectors import attach_adapter_hooks
 
     images = collect_images(args)
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     model = init_detector(cfg, args.checkpoint, device=args.device)
+    attach_adapter_hooks(model)  # each image's valid size reaches the spectral adapters
     classes = list(model.dataset_meta['classes'])
     truth = load_ground_truth(args.ann_file, classes) if args.ann_file else {}
     args.out_dir.mkdir(parents=True, exist_ok=True)
