@@ -84,6 +84,14 @@ class BlockSite:
         return getattr(self.block, 'ls2', None) or self.block.mlp
 
 
+def linear_targets(sites: list[BlockSite], roles: tuple[str, ...]) -> dict[str, nn.Linear]:
+    """The blocks' linear layers of ``roles``, keyed '<block index>.<role>'.
+
+    Adapters keep this as a plain dict, not submodules: the layers belong to the host.
+    """
+    return {f'{site.index}.{role}': site.linear(role) for site in sites for role in roles}
+
+
 class AdapterHost(Protocol):
     """What a backbone offers its adapters."""
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..baselines import LoRAUpdate
-from .base import Adapter, AdapterHost, BlockSite
+from .base import Adapter, AdapterHost, BlockSite, linear_targets
 from .hooks import hook_output
 from .option_checks import as_roles, check_dropout, check_number, check_positive_int
 from .registry import ADAPTERS
@@ -78,12 +78,9 @@ class LoRA(Adapter):
                           options.scaling_alpha, options.dropout)
 
     def attach(self, host: AdapterHost, sites: list[BlockSite]) -> None:
-        self.layers: dict[str, nn.Linear] = {}  # not submodules: they belong to the host
-        for site in sites:
-            for role in self.options.targets:
-                key = f'{site.index}.{role}'
-                self.layers[key] = site.linear(role)
-                hook_output(site.linear(role), self, key)
+        self.layers = linear_targets(sites, self.options.targets)
+        for key, layer in self.layers.items():
+            hook_output(layer, self, key)
 
     def delta_weight(self, key: str) -> torch.Tensor:
         """(alpha / r) B A of target ``key``, shape (out, in), in the layer's dtype."""

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..baselines import RLRR_INITS, RLRRUpdate
-from .base import LINEAR_ROLES, Adapter, AdapterHost, BlockSite
+from .base import LINEAR_ROLES, Adapter, AdapterHost, BlockSite, linear_targets
 from .option_checks import as_roles, check_choice
 from .registry import ADAPTERS
 
@@ -101,12 +101,9 @@ class RLRR(Adapter):
         return 2 * layer.out_features // 3  # timm's fused layout: q, k, v
 
     def attach(self, host: AdapterHost, sites: list[BlockSite]) -> None:
-        self.layers: dict[str, nn.Linear] = {}  # not submodules: they belong to the host
-        for site in sites:
-            for role in self.options.targets:
-                key = f'{site.index}.{role}'
-                self.layers[key] = site.linear(role)
-                site.linear(role).register_forward_hook(LinearHook(self, key))
+        self.layers = linear_targets(sites, self.options.targets)
+        for key, layer in self.layers.items():
+            layer.register_forward_hook(LinearHook(self, key))
 
     def merge_updates(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """W' = W + W * (s_out s_in^T) and b' = b + db on the adapted rows of every layer.
