@@ -11,11 +11,10 @@ from .priors import (
                      poisson_gain,
                      wave_gain,
 )
-from .valid_grid import apply_within, grid_of, valid_groups, valid_mask
+from .valid_grid import apply_within, valid_groups, valid_mask
 
 __all__ = [
     'dct_matrix', 'laplacian_eigenvalues', 'dct2', 'idct2', 'clear_cache', 'PhysicalPriors',
     'heat_gain', 'wave_gain', 'poisson_gain', 'inverse_softplus', 'PRIOR_NAMES',
-    'POISSON_MODES', 'SOURCE_MODES', 'RESIZE_MODES', 'apply_within', 'valid_groups', 'valid_mask',
-    'grid_of'
+    'POISSON_MODES', 'SOURCE_MODES', 'RESIZE_MODES', 'apply_within', 'valid_groups', 'valid_mask'
 ]

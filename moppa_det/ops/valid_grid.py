@@ -78,8 +78,3 @@ def valid_mask(sizes: GridSizes | None, batch: int, full: tuple[int, int],
             return mask.fill_(True)
         mask[torch.as_tensor(indices, device=device), :h, :w] = True
     return mask
-
-
-def grid_of(size: tuple[int, int], stride: int) -> tuple[int, int]:
-    """The grid an (h, w) pixel region covers at ``stride``: ceil(h / s), ceil(w / s)."""
-    return -(-int(size[0]) // stride), -(-int(size[1]) // stride)

@@ -34,6 +34,7 @@ from ..adapters import BlockSite, build_adapter, normalise_specs
 from ..adapters.inference import merge_adapters, merged_adapter_names, unmerge_adapters
 from ..progress import training_progress
 from .autocast import check_autocast_dtype, resolve_autocast_dtype
+from .input_checks import output_size
 from .meta import (
     EXTRA_STATE_KEY,
     FROZEN_PREFIX,
@@ -201,7 +202,7 @@ class TimmAdapterBackbone(BaseModule):
         if (not self.per_image_grids or self._image_sizes is None
                 or len(self._image_sizes) != batch):
             return None
-        grids = [(min(-(-h // stride), full[0]), min(-(-w // stride), full[1]))
+        grids = [tuple(min(side, limit) for side, limit in zip(output_size(h, w, stride), full))
                  for h, w in self._image_sizes]
         return None if all(grid == tuple(full) for grid in grids) else grids
 
