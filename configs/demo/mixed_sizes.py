@@ -10,33 +10,19 @@
 _base_ = ['./mask_rcnn_vits14_moppa_toy.py']
 
 data_root = 'data/toy_coco_mixed/'
-image_side = 320  # long side: 256x192 / 192x256 / 256x256 -> 320x240 / 240x320 / 320x320
 max_iters = 150
 warmup_iters = 20
 
-# keep_ratio: the long side goes to 320, so objects have the main demo's pixel sizes and a batch
-# of a landscape and a portrait image is padded to 320x320 (a quarter of each image padding).
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='Resize', scale=(image_side, image_side), keep_ratio=True),
-    dict(type='RandomFlip', prob=0.5),
-    dict(type='PackDetInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=(image_side, image_side), keep_ratio=True),
-    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
-    dict(type='PackDetInputs',
-         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
-]
+# The main demo's keep-ratio pipelines: the long side goes to 320, so objects have the main
+# demo's pixel sizes and a batch of a landscape and a portrait image is padded to 320x320 (a
+# quarter of each image padding).
 train_dataloader = dict(
     batch_size=4,
     # No AspectRatioBatchSampler: grouping images by orientation would avoid the padding that
     # this config is about; a plain batch mixes orientations.
     batch_sampler=None,
-    dataset=dict(data_root=data_root, pipeline=train_pipeline))
-val_dataloader = dict(dataset=dict(data_root=data_root, pipeline=test_pipeline))
+    dataset=dict(data_root=data_root))
+val_dataloader = dict(dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader
 val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
