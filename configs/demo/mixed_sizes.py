@@ -5,8 +5,6 @@
 # Budget: 150 iterations of 4 images, for a run of minutes on a 2-core CPU. Measured on this
 # project's (AMD EPYC without AVX512, so float32 through autocast 'auto'), shared with other jobs
 # (load average 8.5): 3.9 s per iteration over iterations 11-20, ~10 min for 150 at that load.
-# A training step costs what the main demo's does, per-image valid grids included (mixed / demo
-# step time 0.97, interleaved in one process).
 _base_ = ['./mask_rcnn_vits14_moppa_toy.py']
 
 data_root = 'data/toy_coco_mixed/'

@@ -89,7 +89,7 @@ class TimmAdapterBackbone(BaseModule):
             bfloat16 where the hardware computes it natively (CUDA with bf16; CPUs with
             AVX512-BF16 or AMX), float32 elsewhere. On CPUs, where MMEngine's AMP wrapper is
             not available, bfloat16 made the frozen ViT-S 2.0x faster on a 2-core AVX512-BF16
-            machine and an emulated bfloat16 matmul ~6x slower on an AVX2-only one
+            machine and 20x slower (emulated bfloat16) on an AVX2-only one
             (tools/analysis/benchmark_backbone_dtype.py).
         drop_path_rate: Stochastic depth of the pre-trained blocks.
         img_size: Nominal image size the timm model is built for.
