@@ -362,8 +362,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--methods', nargs='+', default=list(METHODS),
                         help=f'leaves of --config-dir to compare (default: {" ".join(METHODS)})')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
-    parser.add_argument('--iters', type=int, default=300, help='training iterations per run')
-    parser.add_argument('--warmup-iters', type=int, default=30)
+    parser.add_argument('--iters', type=int, default=150, help='training iterations per run')
+    parser.add_argument('--warmup-iters', type=int, default=15)
     parser.add_argument('--batch-size', type=int, default=2)
     parser.add_argument('--image-side', type=int, default=256,
                         help='images resized to fit this square (keeping their ratio)')
