@@ -357,18 +357,23 @@ def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    class Formatter(argparse.RawDescriptionHelpFormatter,
+                    argparse.ArgumentDefaultsHelpFormatter):
+        """The module docstring as written, and every option's default."""
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
     parser.add_argument('--methods', nargs='+', default=list(METHODS),
-                        help=f'leaves of --config-dir to compare (default: {" ".join(METHODS)})')
-    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+                        help='leaves of --config-dir to compare')
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2],
+                        help='one val run per method and seed')
     parser.add_argument('--iters', type=int, default=150, help='training iterations per run')
-    parser.add_argument('--warmup-iters', type=int, default=15)
-    parser.add_argument('--batch-size', type=int, default=2)
+    parser.add_argument('--warmup-iters', type=int, default=15,
+                        help='linear warm-up, then cosine decay to 5 %% of the rate')
+    parser.add_argument('--batch-size', type=int, default=2, help='training images per step')
     parser.add_argument('--image-side', type=int, default=256,
                         help='images resized to fit this square (keeping their ratio)')
     parser.add_argument('--lr', type=float, default=1e-3,
-                        help="every method's learning rate (default: the demo's)")
+                        help="every method's learning rate (the demo's)")
     parser.add_argument('--lr-grid', type=float, nargs='+', default=[],
                         help='learning rates of the tune-split sensitivity runs (first seed)')
     parser.add_argument('--select-lr', action='store_true',
@@ -377,9 +382,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='where the method leaves <method>.py are')
     parser.add_argument('--data-root', type=Path, default=DEFAULT_DATA_ROOT,
                         help='the toy set, made there when missing (as make demo makes it)')
-    parser.add_argument('--num-train', type=int, default=DEMO_NUM_TRAIN)
-    parser.add_argument('--num-val', type=int, default=50)
-    parser.add_argument('--work-dir', type=Path, default=ROOT / 'work_dirs/compare')
+    parser.add_argument('--num-train', type=int, default=DEMO_NUM_TRAIN,
+                        help='toy training images (when the toy set is made)')
+    parser.add_argument('--num-val', type=int, default=50,
+                        help='toy val images (when the toy set is made)')
+    parser.add_argument('--work-dir', type=Path, default=ROOT / 'work_dirs/compare',
+                        help='runs, tables and the plot')
     args = parser.parse_args(argv)
     missing = [m for m in args.methods if not (args.config_dir / f'{m}.py').is_file()]
     if missing:
