@@ -366,8 +366,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='leaves of --config-dir to compare')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2],
                         help='one val run per method and seed')
-    parser.add_argument('--iters', type=int, default=150, help='training iterations per run')
-    parser.add_argument('--warmup-iters', type=int, default=15,
+    parser.add_argument('--iters', type=int, default=300, help='training iterations per run')
+    parser.add_argument('--warmup-iters', type=int, default=30,
                         help='linear warm-up, then cosine decay to 5 %% of the rate')
     parser.add_argument('--batch-size', type=int, default=2, help='training images per step')
     parser.add_argument('--image-side', type=int, default=256,
