@@ -11,10 +11,12 @@ from .priors import (
                      poisson_gain,
                      wave_gain,
 )
+from .threads import inference_threads, set_inference_threads
 from .valid_grid import apply_within, valid_groups, valid_mask
 
 __all__ = [
     'dct_matrix', 'laplacian_eigenvalues', 'dct2', 'idct2', 'clear_cache', 'PhysicalPriors',
     'heat_gain', 'wave_gain', 'poisson_gain', 'inverse_softplus', 'PRIOR_NAMES',
-    'POISSON_MODES', 'SOURCE_MODES', 'RESIZE_MODES', 'apply_within', 'valid_groups', 'valid_mask'
+    'POISSON_MODES', 'SOURCE_MODES', 'RESIZE_MODES', 'apply_within', 'valid_groups', 'valid_mask',
+    'inference_threads', 'set_inference_threads'
 ]

@@ -126,18 +126,31 @@ def dct2_channels_last(x: torch.Tensor) -> torch.Tensor:
     return _separable(x, *(cached(dct_matrix, n, x.device, x.dtype) for n in x.shape[1:3]))
 
 
-def idct2_channels_last(x_hat: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`dct2_channels_last`: (B, H, W, C) -> (B, H, W, C)."""
+def idct2_channels_last(x_hat: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse of :func:`dct2_channels_last`: (B, H, W, C) -> (B, H, W, C).
+
+    Args:
+        x_hat: Spectrum of shape (B, H, W, C).
+        out: Optional (B, H, W, C) tensor to write the result into (no autograd), e.g. the
+            patch map inside a token tensor: saves copying the result there.
+    """
     c_h, c_w = (cached(dct_matrix, n, x_hat.device, x_hat.dtype) for n in x_hat.shape[1:3])
-    return _separable(x_hat, c_h.T, c_w.T)
+    return _separable(x_hat, c_h.T, c_w.T, out)
 
 
-def _separable(x: torch.Tensor, along_h: torch.Tensor, along_w: torch.Tensor) -> torch.Tensor:
-    """along_h applied over H and along_w over W of a (B, H, W, C) map."""
+def _separable(x: torch.Tensor, along_h: torch.Tensor, along_w: torch.Tensor,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """along_h applied over H and along_w over W of a (B, H, W, C) map (into ``out`` if given)."""
     b, h, w, c = x.shape
     y = torch.matmul(along_h, x.reshape(b, h, w * c))           # (B, H, W*C)
-    y = torch.matmul(along_w, y.reshape(b * h, w, c))           # (B*H, W, C)
-    return y.reshape(b, h, w, c)
+    if out is None:
+        y = torch.matmul(along_w, y.reshape(b * h, w, c))       # (B*H, W, C)
+        return y.reshape(b, h, w, c)
+    # Per image: out[i] is one dense (H, W, C) block even where out as a whole is not (the
+    # patches of a token tensor with prefix tokens), so the matmul writes it without a copy.
+    for image, target in zip(y.view(b, h, w, c), out):
+        torch.matmul(along_w, image, out=target)
+    return out
 
 
 def clear_cache() -> None:

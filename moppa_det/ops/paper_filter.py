@@ -175,18 +175,23 @@ def mixed_response(lam: torch.Tensor, maps: torch.Tensor, times: torch.Tensor,
     return (gains * per_channel[:, None, None, :]).sum(0)
 
 
-def spectral_filter(x: torch.Tensor, response: torch.Tensor) -> torch.Tensor:
+def spectral_filter(x: torch.Tensor, response: torch.Tensor, out: torch.Tensor | None = None
+                    ) -> torch.Tensor:
     """x' = IDCT2(DCT2(x) * R) per channel, in the dtype of ``x``.
 
     Args:
         x: Maps of shape (B, H, W, C).
         response: R of shape (H, W, C).
+        out: Optional (B, H, W, C) tensor of the dtype of ``x`` to write x' into (no autograd).
 
     Returns:
-        Tensor of shape (B, H, W, C).
+        Tensor of shape (B, H, W, C): ``out`` when given.
     """
     # Channels last throughout: no permuted copies (see dct2_channels_last).
-    return idct2_channels_last(dct2_channels_last(x) * response)
+    spectrum = dct2_channels_last(x)
+    # Without autograd, in place: the same values, one (B, H, W, C) allocation fewer.
+    spectrum = spectrum * response if torch.is_grad_enabled() else spectrum.mul_(response)
+    return idct2_channels_last(spectrum, out)
 
 
 def clear_resize_cache() -> None:

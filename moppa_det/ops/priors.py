@@ -13,6 +13,8 @@ heat and wave.
 
 In ``eval()`` under ``torch.no_grad()`` the gains and the resized source map of each grid size
 are computed once and reused until a parameter changes (:mod:`.param_cache`).
+:meth:`PhysicalPriors.spatial_responses` is the inference form: channels last, every prior back
+in space, with few and dense operations.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .dct import cached, dct2, laplacian_eigenvalues
+from .dct import cached, dct2, dct2_channels_last, idct2_channels_last, laplacian_eigenvalues
 from .param_cache import ParamCache
 
 PRIOR_NAMES = ('heat', 'wave', 'poisson')
@@ -157,6 +159,53 @@ class PhysicalPriors(nn.Module):
             filters['poisson'] = poisson_gain(lam, self.poisson_mode)
             filters['source'] = self.source_map(h, w)
         return filters
+
+    def channels_last_filters(self, h: int, w: int, device: torch.device
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`filters` laid out for :meth:`spatial_responses`, cached alike.
+
+        Returns:
+            (gain, source): gain of shape (H, W, P * C), gain[n, m, i * C + c] the gain of prior
+            i for channel c; source of shape (H, W, P, 1): S for the Poisson prior, the neutral
+            value (1 to multiply, 0 to add) for the others.
+        """
+        params = [p for p in (self.raw_t, self.raw_k, self.raw_c, self.source) if p is not None]
+        return self.filter_cache.get(('channels_last', h, w, device), params,
+                                     lambda: self._channels_last_filters(h, w, device))
+
+    def _channels_last_filters(self, h: int, w: int, device: torch.device
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+        filters = self._compute_filters(h, w, device)
+        gains = [filters[name].expand(self.channels, h, w) for name in self.priors]
+        gain = torch.stack(gains).permute(2, 3, 0, 1).reshape(h, w, -1)
+        neutral = torch.full((h, w), 1.0 if self.source_mode == 'multiply' else 0.0,
+                             device=device)
+        source = torch.stack([filters['source'] if name == 'poisson' else neutral
+                              for name in self.priors], dim=-1)
+        return gain, source[..., None]
+
+    def spatial_responses(self, z: torch.Tensor) -> torch.Tensor:
+        """Every prior's response back in space, channels last: IDCT2 of :meth:`forward`.
+
+        The inference form: one transform pair over all priors at once (each with its own copy
+        of ``z``, the Poisson one as its source F), dense channels-last matmuls, the gains
+        multiplied in place. Equals ``idct2(self(z))`` to float32 rounding.
+
+        Args:
+            z: Float32 tensor of shape (B, H, W, C), any strides.
+
+        Returns:
+            Tensor of shape (B, H, W, P, C): out[..., i, :] is prior i's response.
+        """
+        b, h, w, c = z.shape
+        if c != self.channels:
+            raise ValueError(f'PhysicalPriors expects {self.channels} channels, got {c}')
+        gain, source = self.channels_last_filters(h, w, z.device)
+        z = z.unsqueeze(-2)
+        inputs = z * source if self.source_mode == 'multiply' else z + source  # (B, H, W, P, C)
+        spectra = dct2_channels_last(inputs.view(b, h, w, -1))
+        spectra = spectra.mul_(gain) if not torch.is_grad_enabled() else spectra * gain
+        return idct2_channels_last(spectra).view(b, h, w, self.num_priors, c)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Applies every prior to ``z`` and returns their spectra.

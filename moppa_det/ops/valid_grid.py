@@ -44,7 +44,8 @@ def valid_groups(sizes: GridSizes | None, batch: int, full: tuple[int, int]
 
 
 def apply_within(x: torch.Tensor, sizes: GridSizes | None,
-                 fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+                 fn: Callable[[torch.Tensor], torch.Tensor],
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """y = fn(x) on every image's valid region; y = x on the padding.
 
     Images that share a valid size are cropped and passed to ``fn`` together.
@@ -53,20 +54,21 @@ def apply_within(x: torch.Tensor, sizes: GridSizes | None,
         x: Maps of shape (B, H, W, C).
         sizes: Valid (h, w) of every image (clipped to (H, W)), or None: all of it is valid.
         fn: Maps (b, h, w, C) to a tensor of the same shape.
+        out: Optional (B, H, W, C) tensor to write y into (no autograd).
 
     Returns:
-        Tensor of shape (B, H, W, C).
+        Tensor of shape (B, H, W, C): ``out`` when given.
     """
     b, h_full, w_full = x.shape[:3]
-    out = None
+    result = None
     for indices, h, w in valid_groups(sizes, b, (h_full, w_full)):
         if indices is None:
-            return fn(x)
-        if out is None:
-            out = x.clone()
+            return fn(x) if out is None else out.copy_(fn(x))
+        if result is None:
+            result = x.clone() if out is None else out.copy_(x)
         index = torch.as_tensor(indices, device=x.device)
-        out[index, :h, :w] = fn(x[index, :h, :w])
-    return out
+        result[index, :h, :w] = fn(x[index, :h, :w])
+    return result
 
 
 def valid_mask(sizes: GridSizes | None, batch: int, full: tuple[int, int],
