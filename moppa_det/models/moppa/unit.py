@@ -7,6 +7,8 @@ For input a (tokens after norm1, or a (B, H, W, D) map):
     m = sum_i alpha_i * P_i                  alpha from the router
     out = a + s * (m W_up + b_up)            W_up, b_up zero-init: out == a at step 0
 The spectral path runs in float32 even under autocast; the output has the input's dtype.
+In ``eval()`` without autograd through its parameters the unit runs the same function in its
+inference form (:mod:`.fused`), which records no routing statistics.
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...ops import PhysicalPriors, idct2
+from ...ops.param_cache import ParamCache, caching_allowed
 from .config import MoPPAConfig
+from .fused import FusedWeights, fused_forward, fused_weights
 from .router import Router
 
 
@@ -30,6 +34,7 @@ class MoPPAUnit(nn.Module):
         last_mean_alpha: Mean alpha over batch and tokens of the last forward, shape (P,), with
             its graph (the route regularization differentiates it); ``None`` before a forward.
         last_token_entropy: Mean per-token entropy of alpha in the last forward (detached).
+            Neither is recorded by the inference form (see :meth:`uses_fused_path`).
     """
 
     def __init__(self, dim: int, config: MoPPAConfig | None = None) -> None:
@@ -49,6 +54,9 @@ class MoPPAUnit(nn.Module):
         self.channel_scale = None if config.bottleneck else nn.Parameter(torch.zeros(dim))
         self.last_mean_alpha: torch.Tensor | None = None
         self.last_token_entropy: torch.Tensor | None = None
+        # The inference form's weights per (device, dtype); see .fused.
+        self.fused_cache = ParamCache(max_entries=4)
+        self.register_load_state_dict_post_hook(_clear_fused_cache)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -77,6 +85,8 @@ class MoPPAUnit(nn.Module):
             Tensor of the shape and dtype of ``x``: x + s * Delta(x).
         """
         if x.dim() == 4:
+            if self.uses_fused_path(x):
+                return fused_forward(self, x)
             return torch.add(x, self.delta(x), alpha=self.config.scale)
         if x.dim() != 3 or grid is None:
             raise ValueError('MoPPAUnit expects (B, H, W, D) maps, or (B, N, D) tokens with '
@@ -87,10 +97,39 @@ class MoPPAUnit(nn.Module):
             raise ValueError(f'MoPPAUnit: {n} tokens do not match {num_prefix_tokens} prefix '
                              f'tokens + a {h}x{w} grid')
         patches = x[:, num_prefix_tokens:] if num_prefix_tokens else x
+        if self.uses_fused_path(x):
+            adapted = fused_forward(self, patches.reshape(b, h, w, d)).reshape(b, h * w, d)
+            return torch.cat([x[:, :num_prefix_tokens], adapted], dim=1)
         delta = self.delta(patches.reshape(b, h, w, d)).reshape(b, h * w, d)
         if num_prefix_tokens:  # zero update for the prefix tokens, without slicing x apart
             delta = F.pad(delta, (0, 0, num_prefix_tokens, 0))
         return torch.add(x, delta, alpha=self.config.scale)
+
+    def uses_fused_path(self, x: torch.Tensor) -> bool:
+        """Whether a forward on ``x`` runs the inference form (:mod:`.fused`).
+
+        It does in ``eval()`` for a unit with a bottleneck, with inference caches on (see
+        :func:`~moppa_det.models.adapters.inference.set_inference_caches`), where caching is
+        allowed (no autograd through the parameters, not under ``torch.compile``) and autocast
+        is off; otherwise the training form runs (and records the routing statistics).
+        """
+        return (not self.training and self.down is not None and self.fused_cache.enabled
+                and caching_allowed(self._fused_params())
+                and not torch.is_autocast_enabled(x.device.type))
+
+    def fused_weights(self, device: torch.device, dtype: torch.dtype) -> FusedWeights:
+        """The inference form's weights, cached per (device, dtype) while the parameters are
+        unchanged (see :class:`~moppa_det.ops.param_cache.ParamCache`)."""
+        return self.fused_cache.get((device, dtype), self._fused_params(),
+                                    lambda: fused_weights(self, dtype))
+
+    def _fused_params(self) -> list[torch.Tensor]:
+        layers = [self.down, self.up, self.router.proj]
+        return [p for layer in layers if layer is not None for p in (layer.weight, layer.bias)]
+
+    def train(self, mode: bool = True) -> 'MoPPAUnit':
+        self.fused_cache.clear()  # parameters are about to change (or just did)
+        return super().train(mode)
 
     def delta(self, a: torch.Tensor) -> torch.Tensor:
         """The unit's update Delta(a) of a map.
@@ -139,3 +178,8 @@ class MoPPAUnit(nn.Module):
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, router={self.config.router}, scale={self.config.scale}'
+
+
+def _clear_fused_cache(module: MoPPAUnit, incompatible_keys: object) -> None:
+    """Load post-hook (a function, not a bound method, so that deep copies clear their own)."""
+    module.fused_cache.clear()
