@@ -8,7 +8,10 @@ so state-dict names stay timm's; the adapter's own parameters live in the backbo
 
 What a backbone offers an adapter is the :class:`AdapterHost` protocol: its block sites, its
 patch embedding and final norm, and the (B, H, W, C) map view of a block's input with each
-image's valid grid (the host owns the token/map conversion and the prefix tokens).
+image's valid grid (the host owns the token/map conversion and the prefix tokens,
+:class:`MapRestore`). Map adapters implement ``adapt_map(site, map, valid, out=None)``: without
+autograd the hook passes ``out``, a map inside the tensor it will return, and the adapter writes
+its result there and returns ``out``.
 
 Inference (:mod:`.inference`): adapters whose update is a fixed change of frozen weights
 (``mergeable``: LoRA, RLRR, SSF) fold it into them with :meth:`Adapter.merge` and take it out
@@ -22,7 +25,7 @@ import dataclasses
 import itertools
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Protocol, Sequence
+from typing import Any, ClassVar, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -31,8 +34,6 @@ from ...ops.param_cache import ParamCache
 from ..moppa.config import _from_mapping
 
 GridSizes = Sequence[tuple[int, int]]
-# (B, H, W, C) map -> tensor of the layout the hook received (tokens for ViT).
-Restore = Callable[[torch.Tensor], torch.Tensor]
 
 LINEAR_ROLES = ('qkv', 'proj', 'fc1', 'fc2')
 # Orders merges across adapters, so that the host unmerges last-merged first.
@@ -92,6 +93,57 @@ def linear_targets(sites: list[BlockSite], roles: tuple[str, ...]) -> dict[str, 
     return {f'{site.index}.{role}': site.linear(role) for site in sites for role in roles}
 
 
+class MapRestore:
+    """Puts a new (B, H, W, C) patch map back into the layout of a host tensor ``x``.
+
+    ``x`` holds tokens (B, prefix + H * W, C) whose first ``prefix`` tokens (class, registers)
+    pass unchanged, or is a (B, H, W, C) map itself (``grid`` None).
+
+    Args:
+        x: The tensor the hook received.
+        grid: (H, W) of the patch tokens; None when ``x`` is a map.
+        prefix: Leading tokens that are not patches.
+    """
+
+    def __init__(self, x: torch.Tensor, grid: tuple[int, int] | None = None,
+                 prefix: int = 0) -> None:
+        self.x, self.grid, self.prefix = x, grid, prefix
+        self._output: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def patches(self) -> torch.Tensor:
+        """The (B, H, W, C) map of x's patches, a view of ``x``."""
+        if self.grid is None:
+            return self.x
+        return self.x[:, self.prefix:].reshape(self.x.shape[0], *self.grid, self.x.shape[-1])
+
+    def output_map(self) -> torch.Tensor:
+        """A (B, H, W, C) map to write the new patches into, without autograd (``out=``).
+
+        It views the patches of a new tensor of x's layout whose prefix tokens are already x's,
+        so that restoring it copies nothing (instead of concatenating the prefix tokens and the
+        new patches into another tensor).
+        """
+        full = torch.empty_like(self.x)
+        if self.grid is None:
+            self._output = (full, full)
+            return full
+        if self.prefix:
+            full[:, :self.prefix] = self.x[:, :self.prefix]
+        patches = full[:, self.prefix:].view(self.x.shape[0], *self.grid, self.x.shape[-1])
+        self._output = (full, patches)
+        return patches
+
+    def __call__(self, new_map: torch.Tensor) -> torch.Tensor:
+        """A new (B, H, W, C) patch map in x's layout (prefix tokens unchanged)."""
+        if self._output is not None and new_map is self._output[1]:
+            return self._output[0]
+        if self.grid is None:
+            return new_map
+        b, h, w, c = new_map.shape
+        tokens = new_map.reshape(b, h * w, c)
+        return torch.cat([self.x[:, :self.prefix], tokens], dim=1) if self.prefix else tokens
+
+
 class AdapterHost(Protocol):
     """What a backbone offers its adapters."""
 
@@ -105,13 +157,13 @@ class AdapterHost(Protocol):
         """The norm applied to the outputs, if any."""
 
     def map_view(self, x: torch.Tensor, site: BlockSite
-                 ) -> tuple[torch.Tensor, GridSizes | None, Restore]:
+                 ) -> tuple[torch.Tensor, GridSizes | None, MapRestore]:
         """A block input or norm output as a (B, H, W, C) map of its patches.
 
         Returns:
             (map, valid grid size of each image or None when all of it is valid, restore), where
             ``restore`` turns a new map back into the layout of ``x`` with prefix tokens
-            unchanged.
+            unchanged, and offers a map to write it into (:meth:`MapRestore.output_map`).
         """
 
 

@@ -14,10 +14,12 @@ from .base import Adapter, AdapterHost, BlockSite
 
 
 class MapHook:
-    """Applies ``adapter.adapt_map(site, map, valid)`` to a block's norm1 input or output.
+    """Applies ``adapter.adapt_map(site, map, valid, out)`` to a block's norm1 input or output.
 
     The host turns the tensor into a (B, H, W, C) map of its patches with each image's valid
-    grid, and the adapter's new map back (prefix tokens unchanged).
+    grid, and the adapter's new map back (prefix tokens unchanged). Without autograd the adapter
+    writes the new map straight into the tensor the hook returns (``out``), so that no copy
+    joins it to the prefix tokens.
     """
 
     def __init__(self, host: AdapterHost, adapter: Adapter, site_index: int,
@@ -29,8 +31,16 @@ class MapHook:
         x = args[0] if self.before_norm else output[0]
         site = self.host.sites()[self.site_index]
         grid_map, valid, restore = self.host.map_view(x, site)
-        y = restore(self.adapter.adapt_map(site, grid_map, valid))
+        out = restore.output_map() if _may_write_out() else None
+        y = restore(self.adapter.adapt_map(site, grid_map, valid, out=out))
         return (y, *args[1:]) if self.before_norm else y
+
+
+def _may_write_out() -> bool:
+    """``out=`` arguments are for plain eager runs: autograd refuses them, and tracers (ONNX
+    export, torch.compile) are better off with the functional form."""
+    return not (torch.compiler.is_compiling() or torch.is_grad_enabled()
+                or torch.jit.is_tracing())
 
 
 class OutputHook:

@@ -12,6 +12,7 @@ from torch import nn
 
 from ...ops import apply_within
 from ..moppa import MoPPAConfig, MoPPAUnit, RouteRegConfig, decayed_weight, route_penalty
+from ..moppa.fused import fused_forward
 from .base import Adapter, AdapterHost, BlockSite, GridSizes
 from .hooks import hook_norm1
 from .registry import ADAPTERS
@@ -43,7 +44,9 @@ class MoPPA(Adapter):
     sees a + s*Delta(a)) or input ('before_norm'), each image filtered on its valid grid.
 
     Records per block the mean alpha over the valid tokens (with its graph, for the route
-    loss) and the mean per-token routing entropy.
+    loss) and the mean per-token routing entropy; not in the units' inference form
+    (``eval()`` without autograd through the units, see :meth:`MoPPAUnit.uses_fused_path`),
+    where they would serve nothing.
     """
 
     name = 'moppa'
@@ -59,10 +62,24 @@ class MoPPA(Adapter):
         for site in sites:
             hook_norm1(host, self, site, before_norm=self.options.placement == 'before_norm')
 
-    def adapt_map(self, site: BlockSite, x: torch.Tensor, valid: GridSizes | None
-                  ) -> torch.Tensor:
-        """x + s * Delta(x) on each image's valid grid. x: (B, H, W, D) -> (B, H, W, D)."""
+    def adapt_map(self, site: BlockSite, x: torch.Tensor, valid: GridSizes | None,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
+        """x + s * Delta(x) on each image's valid grid. x: (B, H, W, D) -> (B, H, W, D).
+
+        Args:
+            site: The block.
+            x: Map of shape (B, H, W, D).
+            valid: Valid grid of each image, or None: all of it.
+            out: Optional (B, H, W, D) tensor to write the result into (no autograd).
+
+        Returns:
+            Tensor of shape (B, H, W, D): ``out`` when given.
+        """
         unit = self.units[str(site.index)]
+        if unit.uses_fused_path(x):
+            if valid is None:
+                return fused_forward(unit, x, out)
+            return apply_within(x, valid, unit, out)
         alphas, entropies, counts = [], [], []
 
         def adapt(crop: torch.Tensor) -> torch.Tensor:
@@ -72,7 +89,7 @@ class MoPPA(Adapter):
             counts.append(crop.shape[0] * crop.shape[1] * crop.shape[2])
             return out
 
-        y = apply_within(x, valid, adapt)
+        y = apply_within(x, valid, adapt, out)
         weights = torch.tensor(counts, dtype=torch.float32, device=x.device)
         weights = weights / weights.sum()
         self.records[str(site.index)] = dict(

@@ -37,6 +37,7 @@ from ...ops.paper_filter import (
     spectral_filter,
 )
 from ...ops.param_cache import ParamCache
+from ...ops.threads import limited_threads
 from .base import Adapter, AdapterHost, BlockSite, GridSizes
 from .hooks import hook_norm1
 from .registry import ADAPTERS
@@ -215,21 +216,33 @@ class MoPPAPaper(Adapter):
         return mixed_response(lam, resized, params.times.float(), params.routing().float(),
                               self.options.priors)
 
-    def adapt_map(self, site: BlockSite, x: torch.Tensor, valid: GridSizes | None
-                  ) -> torch.Tensor:
+    def adapt_map(self, site: BlockSite, x: torch.Tensor, valid: GridSizes | None,
+                  out: torch.Tensor | None = None) -> torch.Tensor:
         """U(x) on each image's valid grid, padding unchanged. x: (B, H, W, D), same out.
 
         The spectral path runs in float32 with autocast off (bf16 would cost ~1e-2 relative
-        error in the two DCT matmuls); the result is cast back to the dtype of ``x``.
+        error in the two DCT matmuls); the result is cast back to the dtype of ``x``. Without
+        autograd, on a CPU, it runs on at most ``ops.threads.inference_threads()`` threads.
+
+        Args:
+            site: The block.
+            x: Map of shape (B, H, W, D).
+            valid: Valid grid of each image, or None: all of it.
+            out: Optional (B, H, W, D) tensor to write the result into (no autograd).
+
+        Returns:
+            Tensor of shape (B, H, W, D): ``out`` when given.
         """
         self.records[str(site.index)] = True
 
-        def filter_crop(crop: torch.Tensor) -> torch.Tensor:
+        def filter_crop(crop: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
             response = self.response(site.index, crop.shape[1:3], crop.device)
-            return spectral_filter(crop.float(), response).to(crop.dtype)
+            return spectral_filter(crop.float(), response, into).to(crop.dtype)
 
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return apply_within(x, valid, filter_crop)
+        with torch.autocast(device_type=x.device.type, enabled=False), limited_threads(x.device):
+            if valid is None and out is not None and out.dtype == torch.float32:
+                return filter_crop(x, out)  # the last matmul writes into out
+            return apply_within(x, valid, filter_crop, out)
 
     def auxiliary_losses(self, progress: float) -> dict[str, torch.Tensor]:
         """The entropy reward and routing statistics of the blocks that ran in the last forward.

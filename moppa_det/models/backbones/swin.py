@@ -8,7 +8,7 @@ from mmdet.registry import MODELS
 from timm.models.swin_transformer import SwinTransformer
 from torch import nn
 
-from ..adapters import BlockSite
+from ..adapters import BlockSite, MapRestore
 from .base import TimmAdapterBackbone
 from .input_checks import check_images, check_out_indices, output_size, pad_to_multiple
 
@@ -79,13 +79,10 @@ class MoPPASwin(TimmAdapterBackbone):
         return tuple(feature[..., :h, :w].contiguous() for feature, (h, w) in zip(
             maps, (output_size(height, width, stride) for stride in self.out_strides)))
 
-    def map_view(self, x: torch.Tensor, site: BlockSite):
+    def map_view(self, x: torch.Tensor, site: BlockSite
+                 ) -> tuple[torch.Tensor, list[tuple[int, int]] | None, MapRestore]:
         """A (B, H, W, C) stage map is already a map: itself, its valid grids, identity."""
         if x.dim() != 4:
             raise ValueError(f'block {site.index}: expected a (B, H, W, C) map, got '
                              f'{tuple(x.shape)}')
-        return x, self.valid_grids(x.shape[0], site.stride, tuple(x.shape[1:3])), _identity
-
-
-def _identity(x: torch.Tensor) -> torch.Tensor:
-    return x
+        return x, self.valid_grids(x.shape[0], site.stride, tuple(x.shape[1:3])), MapRestore(x)

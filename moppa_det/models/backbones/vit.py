@@ -9,7 +9,7 @@ from mmdet.registry import MODELS
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from ..adapters import BlockSite
+from ..adapters import BlockSite, MapRestore
 from .base import TimmAdapterBackbone
 from .input_checks import check_images, check_out_indices, output_size, pad_to_multiple
 
@@ -88,20 +88,16 @@ class MoPPAViT(TimmAdapterBackbone):
             x, indices=self.out_indices, norm=self.final_norm_enabled, stop_early=True,
             output_fmt='NCHW', intermediates_only=True))
 
-    def map_view(self, x: torch.Tensor, site: BlockSite):
+    def map_view(self, x: torch.Tensor, site: BlockSite
+                 ) -> tuple[torch.Tensor, list[tuple[int, int]] | None, MapRestore]:
         """(B, prefix + H*W, D) tokens -> (B, H, W, D) patch map, valid grids, restore."""
         if self._grid is None:
             raise RuntimeError('adapters on ViT tokens need the token grid: call the '
                                f'{type(self).__name__} backbone, not its timm .model directly')
         (h, w), prefix = self._grid, self.model.num_prefix_tokens
-        b, n, d = x.shape
+        b, n, _ = x.shape
         if n != prefix + h * w:
             raise ValueError(f'block {site.index}: {n} tokens do not match {prefix} prefix '
                              f'tokens + a {h}x{w} grid')
-        patches = x[:, prefix:].reshape(b, h, w, d)
-
-        def restore(new_map: torch.Tensor) -> torch.Tensor:
-            tokens = new_map.reshape(b, h * w, d)
-            return torch.cat([x[:, :prefix], tokens], dim=1) if prefix else tokens
-
-        return patches, self.valid_grids(b, site.stride, (h, w)), restore
+        restore = MapRestore(x, (h, w), prefix)
+        return restore.patches(), self.valid_grids(b, site.stride, (h, w)), restore
