@@ -166,14 +166,21 @@ def train(run: Run, leaf: Path, budget: Budget, split: Split, data_root: Path,
     config = run_dir / 'config.py'
     run_config(leaf, run, budget, split, data_root, run_dir).dump(str(config))
     command = [sys.executable, 'tools/train.py', str(config), '--work-dir', str(run_dir)]
-    row: dict[str, Any] = dict(asdict(run), **asdict(budget), status='finished', error='')
+    row: dict[str, Any] = dict(asdict(run), **asdict(budget), status='finished', error='',
+                            note='')
     try:
         row['wall_seconds'] = run_with_progress(command, run.name, run_dir / 'console.txt',
                                                 cwd=ROOT)
     except SystemExit as failure:  # run_with_progress's failure, with the output's tail
         return dict(row, status='failed', error=str(failure)[-2000:])
-    metrics = latest_scalars(run_dir, 'coco/bbox_mAP')
-    row.update({name: metrics.get(f'coco/{name}', math.nan) for name in METRICS})
+    try:
+        metrics = latest_scalars(run_dir, 'coco/bbox_mAP')
+    except FileNotFoundError:
+        # MMDetection's CocoMetric logs nothing when no box passes the test score threshold:
+        # the run finished and detects nothing, which COCO scores as 0 (not a failure).
+        metrics, row['note'] = {}, 'no detection above the score threshold: mAP 0'
+    row.update({name: metrics.get(f'coco/{name}', 0.0 if not metrics else math.nan)
+                for name in METRICS})
     row['iter_seconds'] = median_iteration_seconds(run_dir)
     return row
 
@@ -276,7 +283,8 @@ def summarize(rows: list[dict[str, Any]], methods: Sequence[str]) -> list[dict[s
         entry: dict[str, Any] = dict(method=method, lr=mine[0]['lr'],
                                      backbone_trainable=mine[0]['backbone_trainable'],
                                      trainable=mine[0]['trainable'], seeds=len(done),
-                                     failed=len(mine) - len(done))
+                                     failed=len(mine) - len(done),
+                                     no_detections=sum(1 for r in done if r.get('note')))
         for name in METRICS + ('wall_seconds', 'iter_seconds'):
             entry[f'{name}_mean'], entry[f'{name}_std'] = mean_std(
                 [float(r.get(name, math.nan)) for r in done])
@@ -304,7 +312,8 @@ def summary_markdown(summary: list[dict[str, Any]]) -> str:
     lines = ['| method | trainable backbone params | all trainable params | box mAP | mask mAP | '
              'box mAP_s | box mAP_m | s/iter | seeds |', '|---|---:|---:|---|---|---|---|---:|---|']
     for e in summary:
-        seeds = f'{e["seeds"]}' + (f' ({e["failed"]} failed)' if e['failed'] else '')
+        seeds = f'{e["seeds"]}' + (f' ({e["failed"]} failed)' if e['failed'] else '') + (
+            f' ({e["no_detections"]} detected nothing)' if e['no_detections'] else '')
         lines.append(f'| {e["method"]} | {e["backbone_trainable"]:,} | {e["trainable"]:,} | '
                      f'{cell(e, "bbox_mAP")} | {cell(e, "segm_mAP")} | {cell(e, "bbox_mAP_s")} | '
                      f'{cell(e, "bbox_mAP_m")} | {e["iter_seconds_mean"]:.2f} | {seeds} |')
