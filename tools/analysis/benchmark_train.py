@@ -52,8 +52,10 @@ and all blocks) run interleaved with each other, and ``*_vs_all`` is the ratio t
 method with every block adapted, from the same run.
 
 Example (the CPU run of the README):
-    PYTHONPATH=. nice -n 10 python tools/analysis/benchmark_train.py --repeats 3 \\
-        --last-k 1 2 4 8 --out /tmp/bench_train_out
+    PYTHONPATH=. nice -n 10 python tools/analysis/benchmark_train.py \\
+        --models vit_small_patch14_dinov2 swin_tiny_patch4_window7_224 --threads 1 \\
+        --repeats 3 --warmup 1 --last-k 1 4 --sweep-methods moppa lora adaptformer full \\
+        --out /tmp/bench_train_out
 """
 from __future__ import annotations
 
