@@ -288,6 +288,14 @@ def test_inference_benchmark_runs_every_mode():
     assert [row[:2] for row in rows] == [('plain', 'eager'), ('MoPPAPaper', 'eager'),
                                         ('MoPPAPaper', 'inference'), ('RLRR', 'eager'),
                                         ('RLRR', 'merged')]
+    from moppa_det.ops.threads import inference_threads
+    rows = benchmark_inference.main(['--model', 'vit_tiny_patch16_224', '--depth', '1',
+                                     '--size', '64', '64', '--repeats', '1', '--warmup', '0',
+                                     '--adapters', 'MoPPA', '--cpu-time',
+                                     '--inference-threads', 'none'])
+    assert [row[:2] for row in rows] == [('plain', 'eager'), ('MoPPA', 'eager'),
+                                        ('MoPPA', 'inference')]
+    assert inference_threads() == 1  # the process-wide default is restored
 
 
 def test_channels_last_dct_equals_the_per_channel_dct():

@@ -9,8 +9,10 @@ few seconds apart (load on a shared machine drifts over minutes). Modes of each 
 
 - ``eager``: the training computation (inference caches off: gains, resized maps and the
   static router recomputed every forward);
-- ``inference``: ``eval()`` with the caches (only the spectral adapters cache anything; for the
-  others it is the eager computation, not timed twice);
+- ``inference``: ``eval()`` with the caches, MoPPA in its units' fused inference form (only the
+  spectral adapters change anything; for the others it is the eager computation, not timed
+  twice); on a CPU the spectral adapters' inference runs on ``--inference-threads`` intra-op
+  threads (``moppa_det.ops.threads``; default 1, ``none``: PyTorch's setting);
 - ``merged``: LoRA, RLRR and SSF folded into the frozen weights (``merge_adapters``);
 - ``compiled`` (``--compile``): ``torch.compile`` of the deployment form (merged where
   possible, else inference), beside a compiled plain backbone.
@@ -18,6 +20,9 @@ few seconds apart (load on a shared machine drifts over minutes). Modes of each 
 Printed per variant: the median time and ``ratio``, the median over repeats of its time divided
 by its reference's time in the same pair (the plain backbone; for compiled variants the
 compiled plain backbone, and ``vs_eager_plain`` times the compiled plain one's ratio as well).
+On a shared machine wall times depend on the load: ``--threads 1 --cpu-time`` gives the compute
+cost instead (process CPU time of single-threaded forwards; a multi-threaded run's CPU time
+would count threads spinning at barriers).
 
 Example (ViT-B/16 at 1024 x 1024, 64 x 64 tokens; ``--depth`` shortens the model, the
 per-block ratio stays):
@@ -37,6 +42,7 @@ from torch import nn
 
 from moppa_det.models.adapters.inference import set_inference_caches
 from moppa_det.models.backbones import MoPPASwin, MoPPAViT
+from moppa_det.ops.threads import inference_threads, set_inference_threads
 
 ADAPTERS = ('MoPPA', 'MoPPAPaper', 'LoRA', 'AdaptFormer', 'SSF', 'RLRR')
 MERGEABLE = ('LoRA', 'SSF', 'RLRR')
@@ -94,11 +100,13 @@ def variants(args: argparse.Namespace) -> list[Variant]:
     return found
 
 
-def time_forward(forward: Callable[[torch.Tensor], Any], x: torch.Tensor) -> float:
+def time_forward(forward: Callable[[torch.Tensor], Any], x: torch.Tensor,
+                 clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds of ``clock`` (wall time, or the process's CPU time) one forward takes."""
     with torch.no_grad():
-        start = time.perf_counter()
+        start = clock()
         forward(x)
-        return time.perf_counter() - start
+        return clock() - start
 
 
 def reference_of(variant: Variant) -> str | None:
@@ -110,7 +118,8 @@ def reference_of(variant: Variant) -> str | None:
     return 'plain/eager'
 
 
-def measure(found: list[Variant], x: torch.Tensor, repeats: int, warmup: int
+def measure(found: list[Variant], x: torch.Tensor, repeats: int, warmup: int,
+            clock: Callable[[], float] = time.perf_counter
             ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Seconds per forward of every variant, and its ratios to its plain reference.
 
@@ -131,7 +140,7 @@ def measure(found: list[Variant], x: torch.Tensor, repeats: int, warmup: int
             pair = [variant, by_name[reference]]
             if (repeat + index) % 2:
                 pair.reverse()
-            measured = {v.name: time_forward(v.forward, x) for v in pair}
+            measured = {v.name: time_forward(v.forward, x, clock) for v in pair}
             for name, seconds in measured.items():
                 times[name].append(seconds)
             ratios[variant.name].append(measured[variant.name] / measured[reference])
@@ -165,7 +174,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--compile', action='store_true')
     parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--cpu-time', action='store_true',
+                        help='time by the process CPU time instead of wall time; with '
+                             '--threads 1 the compute cost, whatever the load of the machine')
+    parser.add_argument('--inference-threads', default='1', metavar='N|none',
+                        help="intra-op threads of the adapters' inference forms on a CPU "
+                             "(default 1; 'none': PyTorch's setting)")
     args = parser.parse_args(argv)
+    args.inference_threads = (None if args.inference_threads.lower() == 'none'
+                              else int(args.inference_threads))
     args.model = args.model or ('vit_base_patch16_224' if args.family == 'vit'
                                 else 'swin_base_patch4_window7_224')
     return args
@@ -177,11 +194,19 @@ def main(argv: Sequence[str] | None = None) -> list[tuple[str, ...]]:
         torch.set_num_threads(args.threads)
     x = torch.randn(args.batch, 3, *args.size, generator=torch.Generator().manual_seed(0))
     found = variants(args)
-    times, ratios = measure(found, x, args.repeats, args.warmup)
+    previous = inference_threads()
+    set_inference_threads(args.inference_threads)
+    try:
+        clock = time.process_time if args.cpu_time else time.perf_counter
+        times, ratios = measure(found, x, args.repeats, args.warmup, clock)
+    finally:
+        set_inference_threads(previous)
     print(f'# {args.model} depth={args.depth or "full"} input {args.batch}x3x{args.size[0]}x'
           f'{args.size[1]}, torch {torch.__version__}, {torch.get_num_threads()} threads, '
           f'{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}, '
-          f'{args.repeats} repeats, each variant next to its reference')
+          f'{args.repeats} repeats, each variant next to its reference, adapter inference '
+          f'threads {args.inference_threads or "unlimited"}, '
+          f'{"process CPU" if args.cpu_time else "wall"} time')
     rows = table(found, times, ratios)
     header = ('adapter', 'mode', 'median_ms', 'ratio', 'vs_eager_plain')
     print('| ' + ' | '.join(header) + ' |')
