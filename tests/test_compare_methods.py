@@ -146,3 +146,20 @@ def test_missing_leaf_and_bad_options_are_named(tmp_path, capsys):
     with pytest.raises(SystemExit):
         compare_methods.parse_args(['--select-lr'])
     assert '--select-lr needs --lr-grid' in capsys.readouterr().err
+
+
+def test_a_run_that_detects_nothing_scores_zero_with_a_note(comparison, monkeypatch, tmp_path):
+    """CocoMetric logs no metric when no box passes the score threshold (seen with full
+    fine-tuning at lr 1e-3): the run is scored 0, not reported as failed or missing."""
+    work_dir, _, _ = comparison
+    leaves = work_dir.parent / 'leaves'
+    monkeypatch.setattr(compare_methods, 'run_with_progress', lambda *a, **k: 12.0)
+    run = compare_methods.Run('lora', 0, 1e-3, 'val')
+    budget = compare_methods.Budget(2, 1, 2, 64)
+    split = compare_methods.make_splits(work_dir.parent / 'toy', work_dir)['val']
+    row = compare_methods.train(run, leaves / 'lora.py', budget, split, work_dir.parent / 'toy',
+                                tmp_path / 'run')
+    assert row['status'] == 'finished' and row['wall_seconds'] == 12.0
+    assert row['bbox_mAP'] == row['segm_mAP'] == 0.0 and 'no detection' in row['note']
+    summary = compare_methods.summarize([dict(row, backbone_trainable=1, trainable=2)], ['lora'])
+    assert '1 (1 detected nothing)' in compare_methods.summary_markdown(summary)
