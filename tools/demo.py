@@ -269,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     if not cpu_has_native_bf16() and not any('autocast_dtype' in o for o in args.cfg_options):
         print('note: this CPU has no native bfloat16 (no avx512_bf16 or amx_bf16 flag), so the '
               "config's autocast_dtype='auto' runs the backbone in float32 (emulated bfloat16 "
-              'would be slower still): training takes several times longer than where the demo '
-              'was timed (README).')
+              'would be slower still): training took 16.1 min on a 2-core AVX2 CPU against 12.6 '
+              'min with native bfloat16 (README).')
     train_seconds = run_step(
         [python, 'tools/train.py', str(CONFIG), '--work-dir', str(args.work_dir),
          '--cfg-options', *options], 'train', args.work_dir / 'console_train.txt', args.verbose)
