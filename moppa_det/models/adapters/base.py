@@ -123,7 +123,7 @@ class MapRestore:
         so that restoring it copies nothing (instead of concatenating the prefix tokens and the
         new patches into another tensor).
         """
-        full = torch.empty_like(self.x)
+        full = torch.empty(self.x.shape, dtype=self.x.dtype, device=self.x.device)  # dense
         if self.grid is None:
             self._output = (full, full)
             return full
