@@ -4,7 +4,8 @@ Types: ``MoPPA`` (ours), ``MoPPAPaper`` (the authors' formulation), ``LoRA``, ``
 ``SSF``, ``RLRR``; the authors' whole recipe is ``[MoPPAPaper, RLRR, SSF]``.
 """
 from .adaptformer import AdaptFormer, AdaptFormerOptions
-from .base import LINEAR_ROLES, Adapter, AdapterHost, BlockSite, MapRestore
+from .base import LINEAR_ROLES, Adapter, AdapterHost, BlockSite
+from .layout import MapRestore
 from .lora import LoRA, LoRAOptions
 from .moppa import MoPPA, MoPPAOptions
 from .moppa_paper import MoPPAPaper, MoPPAPaperOptions
