@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
-import os
 import random
 import statistics
 import sys
@@ -41,6 +41,7 @@ from typing import Any, Sequence
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from moppa_det.engine.checkpoint_files import commit, partial_name, write_text_atomic  # noqa: E402
 from tools.demo import DEFAULT_DATA_ROOT, DEMO_NUM_TRAIN, latest_scalars, prepare_data  # noqa: E402
 from tools.progress import clock, run_with_progress  # noqa: E402
 
@@ -103,16 +104,9 @@ def make_splits(data_root: Path, work_dir: Path) -> dict[str, Split]:
         for path, keep in ((train_sub, lambda i: i not in held_out), (tune, held_out.__contains__)):
             subset = dict(coco, images=[im for im in coco['images'] if keep(im['id'])],
                           annotations=[a for a in coco['annotations'] if keep(a['image_id'])])
-            write_atomically(path, json.dumps(subset))
+            write_text_atomic(str(path), json.dumps(subset))
     splits['tune'] = Split(train_sub, tune, 'train/')
     return splits
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file: never a half-written file."""
-    temporary = path.with_name(path.name + '.tmp')
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def run_config(leaf: Path, run: Run, budget: Budget, split: Split, data_root: Path,
@@ -211,9 +205,10 @@ def finished_result(run_dir: Path, budget: Budget) -> dict[str, Any] | None:
     if not result.is_file():
         return None
     row = json.loads(result.read_text())
-    if {k: row.get(k) for k in asdict(budget)} != asdict(budget):
+    trained_with = {key: row.get(key) for key in asdict(budget)}
+    if trained_with != asdict(budget):
         raise SystemExit(f'{run_dir} was trained with another budget '
-                         f'({ {k: row.get(k) for k in asdict(budget)} }, now {asdict(budget)}): '
+                         f'({trained_with}, now {asdict(budget)}): '
                          'pass another --work-dir, or remove that run to train it again')
     return row
 
@@ -222,8 +217,7 @@ def execute(runs: list[Run], args: argparse.Namespace, budget: Budget,
             splits: dict[str, Split]) -> list[dict[str, Any]]:
     """Trains the runs that have no result yet; returns every run's result row."""
     rows, trained_seconds, trained = [], 0.0, 0
-    counts = {method: parameter_counts(args.config_dir / f'{method}.py')
-              for method in dict.fromkeys(run.method for run in runs)}
+    counts: dict[str, dict[str, int]] = {}  # built only for methods that still train
     for index, run in enumerate(runs):
         run_dir = args.work_dir / 'runs' / run.name
         row = finished_result(run_dir, budget)
@@ -231,8 +225,10 @@ def execute(runs: list[Run], args: argparse.Namespace, budget: Budget,
             start = time.time()
             row = train(run, args.config_dir / f'{run.method}.py', budget, splits[run.split],
                         args.data_root, run_dir)
+            if run.method not in counts:
+                counts[run.method] = parameter_counts(args.config_dir / f'{run.method}.py')
             row.update(counts[run.method])
-            write_atomically(run_dir / 'result.json', json.dumps(row, indent=1))
+            write_text_atomic(str(run_dir / 'result.json'), json.dumps(row, indent=1))
             trained_seconds, trained = trained_seconds + time.time() - start, trained + 1
             left = sum(1 for r in runs[index + 1:]
                        if not (args.work_dir / 'runs' / r.name / 'result.json').is_file())
@@ -295,12 +291,11 @@ def summarize(rows: list[dict[str, Any]], methods: Sequence[str]) -> list[dict[s
 def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     """Rows as CSV (columns: the union of the rows' keys, in first-seen order)."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    temporary = path.with_name(path.name + '.tmp')
-    with open(temporary, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(temporary, path)
+    text = io.StringIO(newline='')
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(str(path), text.getvalue())
 
 
 def summary_markdown(summary: list[dict[str, Any]]) -> str:
@@ -359,10 +354,10 @@ def plot(summary: list[dict[str, Any]], path: Path, title: str) -> None:
         axis.grid(alpha=0.3)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    temporary = path.with_name(path.stem + '.tmp.png')
-    figure.savefig(temporary, dpi=120)
+    temporary = path.with_name(partial_name(path.name))
+    figure.savefig(temporary, dpi=120, format='png')
     plt.close(figure)
-    os.replace(temporary, path)
+    commit(str(temporary), str(path))
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -423,7 +418,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         tune_rows = execute(tune_runs, args, budget, splits)
         write_csv(args.work_dir / 'sensitivity.csv', tune_rows)
         table = sensitivity_markdown(tune_rows, args.methods)
-        write_atomically(args.work_dir / 'sensitivity.md', table + '\n')
+        write_text_atomic(str(args.work_dir / 'sensitivity.md'), table + '\n')
         print('\ntune-split box mAP (learning-rate sensitivity):\n' + table)
         if args.select_lr:
             rates = best_rates(tune_rows)
@@ -432,7 +427,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     summary = summarize(rows, args.methods)
     write_csv(args.work_dir / 'summary.csv', summary)
     table = summary_markdown(summary)
-    write_atomically(args.work_dir / 'summary.md', table + '\n')
+    write_text_atomic(str(args.work_dir / 'summary.md'), table + '\n')
     plot(summary, args.work_dir / 'map_vs_params.png',
          f'{len(args.seeds)} seeds, {budget.iters} iterations, batch {budget.batch_size}, '
          f'{budget.image_side} px, ' + ('each method at its tune-split learning rate'
