@@ -29,6 +29,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for tiny workloads, where extra threads only add contention (and
+    flakiness) on a busy machine; the previous count is restored after the test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 T = TypeVar('T')
 
 

@@ -8,14 +8,7 @@ import torch
 from moppa_det.ops import dct2
 from tools.analysis import adaptation_analysis, benchmark_backbone_dtype, benchmark_unit
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny workloads: extra threads only add contention (and flakiness) on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def test_benchmark_rows_ratios_and_matched_budgets(capsys):

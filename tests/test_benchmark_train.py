@@ -17,13 +17,7 @@ MIB = 2**20
 WIDTH, DEPTH = 384, 2  # ViT-S, shortened to 2 blocks
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny workloads: extra threads only add contention (and flakiness) on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def read_csv(path):
